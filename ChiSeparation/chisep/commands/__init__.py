@@ -1,0 +1,1 @@
+"""Subcommands of the ``chisep`` CLI (see :mod:`chisep.cli`)."""
