@@ -27,7 +27,9 @@ def test_sphere_matches_analytic(tilt):
     rel = np.sqrt(np.mean((f - fa)[shell] ** 2)) / np.sqrt(np.mean(fa[shell] ** 2))
     assert rel < 0.05
     inside = r < 0.6 * 8
-    assert np.sqrt(np.mean(f[inside] ** 2)) < 0.05 * np.sqrt(np.mean(fa[shell] ** 2))
+    # inside a uniformly magnetised sphere the (Lorentz-corrected) field vanishes: compare with
+    # the surface field at the poles, 2/3 delta_chi
+    assert np.sqrt(np.mean(f[inside] ** 2)) < 0.02 * (2 / 3 * 0.1)
 
 
 def test_anisotropic_voxels_sphere():
