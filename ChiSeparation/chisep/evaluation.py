@@ -1,0 +1,138 @@
+"""Evaluation on simulated heads: every method from raw acquisitions, scored against the truth.
+
+Shared by ``chisep demo`` (one head, files written) and ``benchmarks/bench_chisep.py`` (held-out
+heads, numbers aggregated). Metrics follow DESIGN.md section 6 on the evaluation mask (brain minus
+CSF minus vessels).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .io import InputError
+from .pipeline import METHODS, Maps, RunResult, preprocess_raw, separate
+from .progress import scaled
+
+
+@dataclass
+class Evaluation:
+    head: object
+    maps: Maps
+    results: dict = field(default_factory=dict)       # method -> RunResult
+    skipped: dict = field(default_factory=dict)       # method -> reason
+    accuracy: dict = field(default_factory=dict)      # method -> metrics
+    lesion_rows: list = field(default_factory=list)
+    lesion_summary: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+def preprocess_from_files(data_dir, progress=None) -> Maps:
+    """Read ``gre_mag/gre_phase[/se_mag].nii.gz`` + sidecars as a user's run would, and preprocess."""
+    from .preprocess import load_echoes, load_gre
+
+    data_dir = Path(data_dir)
+    acq = load_gre(data_dir / "gre_mag.nii.gz", data_dir / "gre_phase.nii.gz")
+    se_mag = se_te = None
+    if (data_dir / "se_mag.nii.gz").exists():
+        se = load_echoes(data_dir / "se_mag.nii.gz", what="SE magnitude")
+        se_mag, se_te = se["data"], se["te_s"]
+    return preprocess_raw(acq["mag"], acq["phase"], acq["te_s"], acq["affine"], b0_t=acq["b0_t"],
+                          se_mag=se_mag, se_te_s=se_te, phase_sign=acq.get("phase_sign", 1),
+                          b0_dir=acq.get("b0_dir"), progress=progress)
+
+
+def run_methods(maps: Maps, methods=METHODS, weights=None, device="auto", progress=None,
+                skip_missing_weights=True):
+    """Run each method on ``maps`` (chi-sepnet-R2* sees the GRE-only maps). Returns (results, skipped)."""
+    gre_only = replace(maps, r2=None, r2prime=None)
+    results, skipped = {}, {}
+    n = len(methods)
+    for i, method in enumerate(methods):
+        p = scaled(progress, i / n, (i + 1) / n)
+        if p:
+            p(0.0, f"running {method}")
+        src = gre_only if method == "chisepnet-r2star" else maps
+        try:
+            results[method] = separate(src, method, weights=weights, device=device, progress=p)
+        except InputError as exc:
+            if skip_missing_weights and method.startswith("chisepnet") and "weights" in str(exc).lower():
+                skipped[method] = str(exc)
+                continue
+            raise
+    return results, skipped
+
+
+def lesion_rows(head, results: dict) -> list:
+    """One row per simulated lesion: truth subtype/rim and the class read from each method's maps."""
+    from . import lesions as L
+
+    truth = head.truth
+    sources = {"truth": truth}
+    sources.update({m: r.maps for m, r in results.items()})
+    per_source = {}
+    for src, maps in sources.items():
+        stats = L.lesion_statistics(
+            {k: maps[k] for k in ("chi_para", "chi_dia", "chi_total") if k in maps},
+            truth["lesions"], head.affine, csf_mask=truth.get("mask_csf"), brain_mask=truth["mask"])
+        per_source[src] = {int(r["label"]): r for r in stats}
+    rows = []
+    for t in sorted(head.lesion_table, key=lambda t: int(t["label"])):
+        lab = int(t["label"])
+        row = {"label": lab, "true_subtype": t["subtype"], "true_rim": bool(t["rim"]),
+               "volume_mm3": t.get("volume_mm3")}
+        for src, st in per_source.items():
+            r = st.get(lab)
+            if r is None:
+                continue
+            row[f"{src}_subtype"] = L.subtype_from_classes(r["chi_para_class"], r["chi_dia_class"])
+            row[f"{src}_para_class"] = r["chi_para_class"]
+            row[f"{src}_dia_class"] = r["chi_dia_class"]
+            row[f"{src}_rim"] = r.get("rim")
+            row[f"{src}_chi_para_mean"] = r.get("chi_para_mean")
+            row[f"{src}_chi_dia_mean"] = r.get("chi_dia_mean")
+        rows.append(row)
+    return rows
+
+
+def lesion_summary(rows: list, methods) -> dict:
+    """Subtype agreement with truth per source, and R2' vs R2* label agreement per map (%)."""
+    out = {}
+    n = len(rows)
+    for src in ["truth"] + list(methods):
+        ok = sum(1 for r in rows if r.get(f"{src}_subtype") == r["true_subtype"])
+        rim_ok = sum(1 for r in rows if bool(r.get(f"{src}_rim")) == r["true_rim"])
+        out[src] = {"n_lesions": n, "subtype_agreement_pct": round(100.0 * ok / max(n, 1), 1),
+                    "rim_agreement_pct": round(100.0 * rim_ok / max(n, 1), 1)}
+    if "chisepnet-r2prime" in methods and "chisepnet-r2star" in methods:
+        for cls in ("para", "dia"):
+            same = sum(1 for r in rows if r.get(f"chisepnet-r2prime_{cls}_class") is not None
+                       and r.get(f"chisepnet-r2prime_{cls}_class") == r.get(f"chisepnet-r2star_{cls}_class"))
+            out[f"r2prime_vs_r2star_{cls}_label_agreement_pct"] = round(100.0 * same / max(n, 1), 1)
+    return out
+
+
+def evaluate_head(head, data_dir, methods=METHODS, weights=None, device="auto", progress=None) -> Evaluation:
+    """Write ``head``'s acquisitions to ``data_dir``, run the whole chain and every method, score them."""
+    from . import metrics
+    from .report import accuracy
+    from .simulate import TISSUE_LABELS, write_simulation
+
+    timings = {}
+    t = time.perf_counter()
+    write_simulation(head, data_dir)
+    maps = preprocess_from_files(data_dir, progress=scaled(progress, 0.0, 0.35))
+    timings["preprocess"] = round(time.perf_counter() - t, 2)
+    results, skipped = run_methods(maps, methods, weights, device, scaled(progress, 0.35, 0.95))
+    for m, r in results.items():
+        timings[m] = r.report.get("timings_s")
+    truth = head.truth
+    ev = metrics.evaluation_mask(truth["mask"], truth.get("mask_csf"), truth.get("mask_vessels"))
+    acc = {m: accuracy(r.maps, truth, ev, truth.get("tissue"), TISSUE_LABELS) for m, r in results.items()}
+    rows = lesion_rows(head, results) if head.lesion_table else []
+    return Evaluation(head=head, maps=maps, results=results, skipped=skipped, accuracy=acc,
+                      lesion_rows=rows, lesion_summary=lesion_summary(rows, list(results)) if rows else {},
+                      timings=timings)
