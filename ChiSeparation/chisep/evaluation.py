@@ -69,15 +69,19 @@ def run_methods(maps: Maps, methods=METHODS, weights=None, device="auto", progre
 def lesion_rows(head, results: dict) -> list:
     """One row per simulated lesion: truth subtype/rim and the class read from each method's maps."""
     from . import lesions as L
+    from .simulate import TISSUE_LABELS
 
     truth = head.truth
+    # the NAWM reference is the white-matter segmentation, as a user would give with --wm-mask
+    wm = (truth["tissue"] == TISSUE_LABELS["white_matter"]) if "tissue" in truth else None
     sources = {"truth": truth}
     sources.update({m: r.maps for m, r in results.items()})
     per_source = {}
     for src, maps in sources.items():
         stats = L.lesion_statistics(
             {k: maps[k] for k in ("chi_para", "chi_dia", "chi_total") if k in maps},
-            truth["lesions"], head.affine, csf_mask=truth.get("mask_csf"), brain_mask=truth["mask"])
+            truth["lesions"], head.affine, wm_mask=wm, csf_mask=truth.get("mask_csf"),
+            brain_mask=truth["mask"])
         per_source[src] = {int(r["label"]): r for r in stats}
     rows = []
     for t in sorted(head.lesion_table, key=lambda t: int(t["label"])):
