@@ -98,9 +98,16 @@ def load_raw(args, progress=None) -> Maps:
 
     if not args.gre_phase:
         raise InputError("--gre-mag needs --gre-phase (the GRE phase of the same echoes)")
-    acq = load_gre(_one_or_list(args.gre_mag), _one_or_list(args.gre_phase), te_s=args.te, b0_t=args.b0)
+    if len(args.gre_mag) == 1 and Path(args.gre_mag[0]).is_dir():
+        acq = _load_dicom_gre(args)
+    else:
+        acq = load_gre(_one_or_list(args.gre_mag), _one_or_list(args.gre_phase), te_s=args.te, b0_t=args.b0)
     se_mag = se_te = r2 = mask = None
-    if args.se_mag:
+    if args.se_mag and len(args.se_mag) == 1 and Path(args.se_mag[0]).is_dir():
+        from ..dicom import load_dicom_echoes
+        se = load_dicom_echoes(args.se_mag[0], kind="magnitude")
+        se_mag, se_te = se["data"], list(args.se_te or se["te_s"])
+    elif args.se_mag:
         from ..preprocess import load_echoes
         se = load_echoes(_one_or_list(args.se_mag), te_s=args.se_te, what="SE magnitude")
         se_mag, se_te = se["data"], se["te_s"]
@@ -120,6 +127,28 @@ def load_raw(args, progress=None) -> Maps:
                           se_mag=se_mag, se_te_s=se_te, r2=r2, mask=mask, progress=progress,
                           phase_sign=phase_sign, unwrap=args.unwrap, bg_method=args.bg_method,
                           b0_dir=acq.get("b0_dir"))
+
+
+def _load_dicom_gre(args) -> dict:
+    """GRE magnitude/phase from DICOM folders (converted with dcm2niix; headers give TE and B0)."""
+    from .. import physics
+    from ..dicom import load_dicom_echoes
+
+    if len(args.gre_phase) != 1 or not Path(args.gre_phase[0]).is_dir():
+        raise InputError("--gre-mag is a DICOM folder, so --gre-phase must be a DICOM folder too "
+                         "(it may be the same folder)")
+    mag = load_dicom_echoes(args.gre_mag[0], kind="magnitude")
+    ph = load_dicom_echoes(args.gre_phase[0], kind="phase")
+    if mag["data"].shape != ph["data"].shape or not np.allclose(mag["affine"], ph["affine"], atol=1e-3):
+        raise InputError(f"{args.gre_phase[0]}: phase series {ph['data'].shape} does not match the "
+                         f"magnitude series {mag['data'].shape} of {args.gre_mag[0]}")
+    te = list(args.te) if args.te else mag["te_s"]
+    if len(te) != mag["data"].shape[-1]:
+        raise InputError(f"--te gives {len(te)} echo times for {mag['data'].shape[-1]} echoes")
+    b0 = args.b0 or mag.get("b0_t") or 3.0
+    return {"mag": mag["data"], "phase": ph["data"], "te_s": te, "b0_t": float(b0),
+            "affine": mag["affine"], "b0_dir": physics.b0_direction_from_affine(mag["affine"]),
+            "phase_sign": 1}
 
 
 def _one_or_list(paths):
