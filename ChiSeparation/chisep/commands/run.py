@@ -35,7 +35,8 @@ def add_parser(sub):
     raw.add_argument("--se-te", nargs="+", type=float, metavar="S", help="SE echo times in seconds (overrides sidecars)")
     raw.add_argument("--phase-sign", type=int, choices=(1, -1), default=None,
                      help="+1 if phase increases with frequency (default, or the sidecar's PhaseSign), -1 for the other vendor sense")
-    raw.add_argument("--unwrap", choices=("laplacian", "region-growing"), default="laplacian")
+    raw.add_argument("--unwrap", choices=("laplacian", "region-growing"), default="region-growing",
+                     help="spatial unwrapping of the first echo difference (default region-growing)")
     raw.add_argument("--bg-method", default="vsharp", help="background field removal: vsharp (default) or pdf/lbv")
     proc = p.add_argument_group("processed inputs")
     proc.add_argument("--local-field", metavar="F", help="local (tissue) field map")

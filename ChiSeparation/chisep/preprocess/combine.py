@@ -1,0 +1,30 @@
+"""Echo combination: the total field (Hz) from unwrapped multi-echo phase, and its reliability."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def combine_echoes(unwrapped, mag, te_s, mask, phase_sign: int = 1):
+    """Weighted least-squares field from unwrapped phases (phi0 removed).
+
+    Each echo gives f_e = phi_e / (2 pi TE_e); they are averaged with inverse-variance weights
+    (TE_e m_e)^2, i.e. the squared SNR weights W_e = TE_e exp(-TE_e / T2*) of DESIGN.md section 3
+    (m_e = M0 exp(-TE_e / T2*) is the measured magnitude, so no T2* fit is needed).
+
+    Returns
+    -------
+    field_hz : (X, Y, Z) float32, Hz, signed so that positive = higher frequency
+        (divided by ``phase_sign``).
+    weight : (X, Y, Z) float32 in [0, 1], proportional to the inverse standard deviation of the
+        field noise (sqrt(sum_e (TE_e m_e)^2)), scaled by its 99th percentile in the mask.
+    """
+    te = np.asarray(te_s, float)
+    w = (np.asarray(mag, np.float64) * te) ** 2
+    num = np.sum(w * unwrapped / (2 * np.pi * te), axis=-1)
+    den = np.sum(w, axis=-1)
+    m = mask > 0
+    field = np.where(m & (den > 0), num / np.where(den > 0, den, 1.0), 0.0) * float(phase_sign)
+    rel = np.sqrt(den)
+    scale = np.percentile(rel[m], 99) if m.any() else 1.0
+    weight = np.clip(rel / max(scale, 1e-12), 0, 1) * m
+    return field.astype(np.float32), weight.astype(np.float32)
