@@ -115,6 +115,16 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+def file_sha256(path) -> str:
+    """SHA-256 hex digest of a file (for provenance in reports)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_sidecar(nifti_path) -> dict:
     """The dcm2niix-style JSON sidecar of a NIfTI file, or ``{}`` if there is none."""
     p = sidecar_path(nifti_path)

@@ -19,7 +19,6 @@ file is missing :func:`load_builtin` raises :class:`chisep.io.InputError` (never
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..io import InputError
+from ..io import InputError, file_sha256
 from ..physics import DR_CHISEPNET
 from .unet import ChiSepUNet
 
@@ -120,13 +119,6 @@ def _check_norm(kind, norm):
         out[k] = (m, s)
     return out
 
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _shape_of(state: dict):
