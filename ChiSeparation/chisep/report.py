@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 #: display ranges in ppm that suit brain tissue
-DISPLAY_RANGE = {"chi_para": (0.0, 0.15), "chi_dia": (0.0, 0.10), "chi_total": (-0.10, 0.15)}
-CMAPS = {"chi_para": "hot", "chi_dia": "winter", "chi_total": "gray"}
+DISPLAY_RANGE = {"chi_para": (0.0, 0.15), "chi_dia": (0.0, 0.06), "chi_total": (-0.10, 0.15)}
+CMAPS = {"chi_para": "hot", "chi_dia": "Blues_r", "chi_total": "gray"}
 TITLES = {"chi_para": "χpara (ppm)", "chi_dia": "|χdia| (ppm)", "chi_total": "χtotal (ppm)"}
 
 
