@@ -1,16 +1,29 @@
 """DICOM input: multi-echo GRE magnitude/phase and multi-echo SE folders, converted with dcm2niix.
 
-Conversion is done by the dcm2niix converter (the ``dcm2niix`` PyPI package ships it), which the
-field trusts for geometry (LPS -> RAS, slice order, oblique orientation) and writes BIDS sidecars
-with ``EchoTime`` (s), ``MagneticFieldStrength`` (T), ``ImagingFrequency`` (MHz) and ``ImageType``.
-No DICOM parsing is done here beyond a preamble check.
+Conversion is done by the dcm2niix converter (the ``dcm2niix`` PyPI package ships it; it is run as
+a subprocess into a temporary folder that is always removed). dcm2niix is what the field trusts for
+geometry (LPS -> RAS, slice order, oblique orientation) and writes BIDS sidecars with
+``EchoTime`` (s), ``MagneticFieldStrength`` (T), ``ImagingFrequency`` (MHz) and ``ImageType``.
+Here we only check for the ``DICM`` preamble and read a few header fields of one phase file with
+pydicom (for the phase scaling below); there is no DICOM parsing of our own.
 
-Phase scaling rule: dcm2niix keeps the scanner's phase values (e.g. Siemens -4096..4094 after
-RescaleSlope 2, RescaleIntercept -4096). Phase whose absolute maximum exceeds 3.2 is mapped
-linearly onto [-pi, pi) from the full range the header allows: stored values 0..2^BitsStored - 1
-through RescaleSlope/RescaleIntercept (read with pydicom from one phase file). Without those
-header fields the value range, rounded out to a power of two, is used. Phase already within
-[-pi, pi] is kept.
+Magnitude vs phase: a volume is phase when its sidecar ``ImageType`` contains ``P`` or ``PHASE``
+(or dcm2niix named it ``*_ph``); ``R``/``REAL`` and ``I``/``IMAGINARY`` volumes are ignored; every
+other volume is magnitude (``M``/``MAGNITUDE``, and SE magnitude). A folder may hold both;
+``kind`` selects.
+
+Phase scaling rule (dcm2niix keeps the scanner's values; ``phase_to_radians``), first match wins:
+
+1. all values within [-pi, pi] (to 1e-4 relative): already radians, kept as they are;
+2. GE and all values within +-1000 pi: milliradians, divided by 1000;
+3. the header's representable range: stored values ``0 .. 2**BitsStored - 1`` (or
+   ``-2**(BitsStored-1) .. 2**(BitsStored-1) - 1`` when PixelRepresentation is 1) through
+   RescaleSlope/RescaleIntercept give ``[a, b)`` (Siemens 12 bit, slope 2, intercept -4096:
+   ``[-4096, 4096)``); when every value lies inside, ``a -> -pi`` and ``b -> pi`` linearly;
+4. otherwise the observed span rounded up to a power of two, ``[0, 2**n)`` for non-negative data
+   and ``[-2**(n-1), 2**(n-1))`` otherwise, mapped onto ``[-pi, pi)``.
+
+The result's ``phase_scaling`` says which rule was used (kept in the run report).
 """
 from __future__ import annotations
 
@@ -25,6 +38,8 @@ import numpy as np
 
 from .io import InputError, load_nifti
 
+__all__ = ["is_dicom_dir", "load_dicom_echoes", "phase_to_radians", "convert", "converter_path"]
+
 
 def _has_preamble(path: Path) -> bool:
     try:
@@ -35,15 +50,16 @@ def _has_preamble(path: Path) -> bool:
         return False
 
 
-def is_dicom_dir(path) -> bool:
-    """True if ``path`` is a folder holding at least one file with the DICOM ``DICM`` preamble."""
-    p = Path(path)
-    if not p.is_dir():
-        return False
-    for f in p.rglob("*"):
+def _dicom_files(folder: Path):
+    for f in sorted(folder.rglob("*")):
         if f.is_file() and _has_preamble(f):
-            return True
-    return False
+            yield f
+
+
+def is_dicom_dir(path) -> bool:
+    """True if ``path`` is a folder holding (at any depth) a file with the DICOM ``DICM`` preamble."""
+    p = Path(path)
+    return p.is_dir() and next(_dicom_files(p), None) is not None
 
 
 def converter_path() -> str:
@@ -61,120 +77,183 @@ def converter_path() -> str:
 
 
 def convert(dicom_dir, out_dir) -> list:
-    """Run dcm2niix on ``dicom_dir`` into ``out_dir``; returns the NIfTI paths written."""
-    cmd = [converter_path(), "-z", "y", "-b", "y", "-ba", "n", "-f", "%s_%e", "-o", str(out_dir), str(dicom_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    """Run dcm2niix on ``dicom_dir`` into ``out_dir``; returns the NIfTI paths written.
+
+    Raises :class:`InputError` (with the tail of dcm2niix's messages) when it fails or writes nothing.
+    """
+    cmd = [converter_path(), "-z", "y", "-b", "y", "-ba", "n", "-f", "%s_e%e",
+           "-o", str(out_dir), str(dicom_dir)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    except OSError as exc:
+        raise InputError(f"{dicom_dir}: could not start dcm2niix ({exc}); reinstall it: pip install dcm2niix") from exc
     files = sorted(Path(out_dir).glob("*.nii.gz"))
     if proc.returncode != 0 or not files:
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
-        raise InputError(f"{dicom_dir}: dcm2niix could not convert this folder "
-                         f"(exit {proc.returncode}): {' | '.join(tail)}")
+        lines = [ln for ln in ((proc.stdout or "") + "\n" + (proc.stderr or "")).splitlines() if ln.strip()]
+        raise InputError(f"{dicom_dir}: dcm2niix could not convert this folder (exit {proc.returncode}); "
+                         f"its last messages: {' | '.join(lines[-6:]) or '(none)'}")
     return files
 
 
-def _is_phase(sidecar: dict, path: Path) -> bool:
-    it = [str(x).upper() for x in sidecar.get("ImageType", [])]
-    if "P" in it or "PHASE" in it:
-        return True
-    if "M" in it or "MAGNITUDE" in it:
-        return False
-    return path.name.endswith("_ph.nii.gz")
+def _image_kind(sidecar: dict, path: Path) -> str:
+    it = {str(x).upper() for x in (sidecar.get("ImageType") or [])}
+    if it & {"P", "PHASE"} or Path(path).name.endswith("_ph.nii.gz"):
+        return "phase"
+    if it & {"R", "REAL"} or it & {"I", "IMAGINARY"}:
+        return "other"
+    return "magnitude"
 
 
-def _phase_header_range(dicom_dir: Path):
-    """(lo, hi) of representable phase values from one phase file's header, or None."""
+def _phase_header_range(dicom_dir: Path, series_uids: set):
+    """Representable (a, b) of a phase file of the given series (header fields), or None."""
     try:
         import pydicom
     except ImportError:
         return None
-    for f in sorted(Path(dicom_dir).rglob("*")):
-        if not (f.is_file() and _has_preamble(f)):
-            continue
+    tags = ["ImageType", "SeriesInstanceUID", "BitsStored", "PixelRepresentation",
+            "RescaleSlope", "RescaleIntercept", "Manufacturer"]
+    fallback = None
+    for f in _dicom_files(Path(dicom_dir)):
         try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=tags)
         except Exception:
             continue
-        it = [str(x).upper() for x in getattr(ds, "ImageType", [])]
-        if "P" not in it and "PHASE" not in it:
+        it = {str(x).upper() for x in (ds.get("ImageType") or [])}
+        is_ph = bool(it & {"P", "PHASE"})
+        if series_uids and str(ds.get("SeriesInstanceUID", "")) not in series_uids:
             continue
-        bits = int(getattr(ds, "BitsStored", 0) or 0)
-        if not bits:
-            return None
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        return inter, inter + slope * 2 ** bits
-    return None
+        if not is_ph:
+            # a series may mix magnitude and phase; GE marks phase only in a private tag
+            if series_uids and fallback is None:
+                fallback = ds
+            continue
+        return _representable_range(ds)
+    return _representable_range(fallback) if fallback is not None else None
 
 
-def phase_to_radians(phase: np.ndarray, value_range=None) -> np.ndarray:
-    """Scanner phase -> radians by the rule in the module docstring (``value_range`` = (lo, hi))."""
+def _representable_range(ds):
+    bits = int(ds.get("BitsStored") or 0)
+    if not bits:
+        return None
+    slope = float(ds.get("RescaleSlope") or 1.0)
+    inter = float(ds.get("RescaleIntercept") or 0.0)
+    lo = -(2 ** (bits - 1)) if int(ds.get("PixelRepresentation") or 0) == 1 else 0
+    a, b = inter + slope * lo, inter + slope * (lo + 2 ** bits)
+    return (min(a, b), max(a, b))
+
+
+def phase_to_radians(phase: np.ndarray, value_range=None, manufacturer: str = ""):
+    """Scanner phase -> radians by the rule in the module docstring.
+
+    ``value_range`` is the header's representable ``(a, b)``. Returns ``(radians float32, rule)``.
+    """
+    phase = np.asarray(phase, dtype=np.float64)
     lo, hi = float(phase.min()), float(phase.max())
-    if max(abs(lo), abs(hi)) <= 3.2:
-        return phase.astype(np.float32)
+    amax = max(abs(lo), abs(hi))
+    if amax <= np.pi * (1 + 1e-4):
+        return phase.astype(np.float32), "radians (kept)"
+    if manufacturer.upper().startswith("GE") and amax <= 1000 * np.pi * (1 + 1e-4):
+        return (phase / 1000.0).astype(np.float32), "milliradians / 1000 (GE)"
     if value_range is not None and value_range[0] <= lo and hi <= value_range[1]:
-        a, b = value_range
-        return ((phase - a) / (b - a) * 2 * np.pi - np.pi).astype(np.float32)
-    span = hi - lo
-    full = 2.0 ** np.ceil(np.log2(max(span, 1.0)))
-    base = lo if lo >= 0 else -full / 2
-    return ((phase - base) / full * 2 * np.pi - np.pi).astype(np.float32)
+        a, b = map(float, value_range)
+        rule = f"header range [{a:g}, {b:g}) -> [-pi, pi)"
+    else:
+        full = 2.0 ** np.ceil(np.log2(max(hi - lo, 1.0)))
+        while True:
+            a = 0.0 if lo >= 0 else -full / 2
+            if a <= lo and hi < a + full:
+                break
+            full *= 2
+        b = a + full
+        rule = f"observed range rounded to [{a:g}, {b:g}) -> [-pi, pi)"
+    out = (phase - a) / (b - a) * (2 * np.pi) - np.pi
+    return out.astype(np.float32), rule
 
 
 def load_dicom_echoes(dicom_dir, kind: str = "auto") -> dict:
-    """Load a multi-echo series from a DICOM folder.
+    """Load one multi-echo series (GRE magnitude or phase, or SE magnitude) from a DICOM folder.
 
     Parameters
     ----------
-    dicom_dir : folder with the DICOM files of one acquisition (magnitude and/or phase).
-    kind : ``"magnitude"``, ``"phase"`` or ``"auto"`` (magnitude if the folder has both).
+    dicom_dir : folder (searched recursively) with the DICOM files of one acquisition; it may hold
+        the magnitude and the phase series together.
+    kind : ``"magnitude"``, ``"phase"`` or ``"auto"`` (magnitude when the folder has magnitude,
+        else phase).
 
     Returns
     -------
-    dict with ``data`` (X, Y, Z, E) float32 (phase in rad), ``affine`` (4x4 RAS), ``te_s`` (list,
-    seconds, increasing), ``b0_t``, ``imaging_frequency_mhz``, ``is_phase``, ``sidecars``.
+    dict with ``data`` (X, Y, Z, E) float32 in NIfTI (i, j, k) order as dcm2niix writes it (phase
+    in radians, see the module docstring), ``affine`` (4x4 voxel -> RAS+ mm), ``te_s`` (list,
+    seconds, increasing), ``b0_t`` (T, or None), ``imaging_frequency_mhz`` (or None),
+    ``image_type`` (list, first echo's ImageType), ``is_phase``, ``phase_scaling`` (rule used, or
+    None) and ``sidecars`` (one dcm2niix sidecar dict per echo).
+
+    Raises :class:`InputError` for a missing folder, a folder without DICOM files, a dcm2niix
+    failure, no image of the requested kind, a missing EchoTime, two volumes with one echo time
+    (several acquisitions in one folder), or echoes on different grids.
     """
     d = Path(dicom_dir)
     if not d.is_dir():
         raise InputError(f"{d}: not a folder (give the folder that holds the DICOM files)")
-    if not is_dicom_dir(d):
-        raise InputError(f"{d}: no DICOM files found (files need the DICM preamble)")
     if kind not in ("auto", "magnitude", "phase"):
-        raise ValueError("kind must be auto, magnitude or phase")
+        raise InputError(f"kind={kind!r}: must be 'auto', 'magnitude' or 'phase'")
+    if not is_dicom_dir(d):
+        raise InputError(f"{d}: no DICOM files found (DICOM files start with a 128-byte preamble "
+                         f"and 'DICM'); give the folder of the exported series")
+    items = []
     with tempfile.TemporaryDirectory(prefix="chisep_dcm_") as tmp:
-        files = convert(d, tmp)
-        items = []
-        for f in files:
+        for f in convert(d, tmp):
             side_path = Path(str(f)[: -len(".nii.gz")] + ".json")
-            side = json.loads(side_path.read_text()) if side_path.exists() else {}
+            try:
+                side = json.loads(side_path.read_text()) if side_path.exists() else {}
+            except ValueError:
+                side = {}
             data, aff = load_nifti(f)
             if data.ndim == 3:
                 data = data[..., None]
-            items.append((side, data, aff, _is_phase(side, f), f))
-    have_phase = any(it[3] for it in items)
-    have_mag = any(not it[3] for it in items)
-    want_phase = kind == "phase" or (kind == "auto" and have_phase and not have_mag)
-    sel = [it for it in items if it[3] == want_phase]
+            if data.ndim != 4:
+                raise InputError(f"{d}: dcm2niix wrote a {data.ndim}-D volume ({f.name}); expected 3-D echoes")
+            items.append({"side": side, "data": data, "affine": aff,
+                          "kind": _image_kind(side, f), "name": f.name})
+    kinds = {it["kind"] for it in items}
+    want = kind if kind != "auto" else ("magnitude" if "magnitude" in kinds else "phase")
+    sel = [it for it in items if it["kind"] == want]
     if not sel:
-        raise InputError(f"{d}: no {'phase' if want_phase else 'magnitude'} images in this folder")
-    vols, tes = [], []
-    for side, data, aff, _, f in sel:
-        te = side.get("EchoTime")
+        found = ", ".join(sorted(kinds)) or "nothing"
+        raise InputError(f"{d}: no {want} images in this folder (found: {found}); "
+                         f"give the folder of the {want} series")
+    vols = []
+    for it in sel:
+        te = it["side"].get("EchoTime")
         if te is None:
-            raise InputError(f"{d}: {f.name} has no EchoTime; give the echo times with --te")
-        for e in range(data.shape[3]):
-            vols.append((float(te), data[..., e], aff, side))
-            tes.append(float(te))
+            raise InputError(f"{d}: series {it['side'].get('SeriesNumber', '?')} ({it['name']}) has no "
+                             f"EchoTime in its DICOM headers; give the echo times with --te")
+        for e in range(it["data"].shape[3]):
+            vols.append((float(te), it["data"][..., e], it["affine"], it["side"]))
     vols.sort(key=lambda v: v[0])
+    tes = [v[0] for v in vols]
+    dup = sorted({t for t in tes if tes.count(t) > 1})
+    if dup:
+        raise InputError(f"{d}: {len(vols)} {want} volumes but echo time(s) {[t * 1e3 for t in dup]} ms "
+                         f"occur more than once; the folder holds several acquisitions or repeats; "
+                         f"give a folder with one multi-echo series")
     ref_shape, ref_aff = vols[0][1].shape, vols[0][2]
     for te, v, aff, _ in vols:
         if v.shape != ref_shape or not np.allclose(aff, ref_aff, atol=1e-3):
-            raise InputError(f"{d}: echoes on different grids ({v.shape} vs {ref_shape}); "
-                             f"one folder must hold one acquisition")
+            raise InputError(f"{d}: echo at TE {te * 1e3:g} ms is on a different grid ({v.shape}) than "
+                             f"TE {vols[0][0] * 1e3:g} ms ({ref_shape}); one folder must hold one acquisition")
     data = np.stack([v[1] for v in vols], axis=-1).astype(np.float32)
-    if want_phase:
-        data = phase_to_radians(data, _phase_header_range(d))
     side0 = vols[0][3]
-    return {"data": data, "affine": ref_aff, "te_s": [v[0] for v in vols],
-            "b0_t": side0.get("MagneticFieldStrength"),
-            "imaging_frequency_mhz": side0.get("ImagingFrequency"),
-            "is_phase": bool(want_phase), "sidecars": [v[3] for v in vols]}
+    scaling = None
+    if want == "phase":
+        uids = {str(v[3].get("SeriesInstanceUID")) for v in vols if v[3].get("SeriesInstanceUID")}
+        data, scaling = phase_to_radians(data, _phase_header_range(d, uids),
+                                         str(side0.get("Manufacturer", "")))
+    b0 = side0.get("MagneticFieldStrength")
+    f0 = side0.get("ImagingFrequency")
+    return {"data": data, "affine": np.asarray(ref_aff, dtype=float), "te_s": tes,
+            "b0_t": float(b0) if b0 is not None else None,
+            "imaging_frequency_mhz": float(f0) if f0 is not None else None,
+            "image_type": list(side0.get("ImageType") or []),
+            "is_phase": want == "phase", "phase_scaling": scaling,
+            "sidecars": [v[3] for v in vols]}
