@@ -94,6 +94,8 @@ def test_run_on_processed_maps_matches_demo(demo_dir, tmp_path, method):
             "--out", str(out), "--method", method, "--progress", "none"]
     if method != "chisepnet-r2star":
         args += ["--r2prime", str(src / "r2prime.nii.gz")]
+    if method == "regularized":
+        args += ["--field-weight", str(src / "field_weight.nii.gz"), "--magnitude", str(src / "magnitude.nii.gz")]
     assert main(args) == 0
     for f in MAPS:
         np.testing.assert_allclose(_load(out / f"{f}.nii.gz"), _load(src / f"{f}.nii.gz"), atol=1e-5)
@@ -109,6 +111,7 @@ def test_field_units_give_the_same_maps(demo_dir, tmp_path):
     out = tmp_path / "hz"
     assert main(["run", "--local-field", str(tmp_path / "field_hz.nii.gz"), "--field-unit", "hz", "--b0", "3",
                  "--r2prime", str(src / "r2prime.nii.gz"), "--mask", str(src / "mask.nii.gz"),
+                 "--field-weight", str(src / "field_weight.nii.gz"), "--magnitude", str(src / "magnitude.nii.gz"),
                  "--out", str(out), "--method", "regularized", "--progress", "none"]) == 0
     np.testing.assert_allclose(_load(out / "chi_para.nii.gz"), _load(src / "chi_para.nii.gz"), atol=2e-4)
 

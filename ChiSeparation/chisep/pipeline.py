@@ -35,7 +35,8 @@ METHODS = ("chisepnet-r2prime", "chisepnet-r2star", "regularized")
 OUTPUT_UNITS = {
     "chi_para": "ppm", "chi_dia": "ppm (positive magnitude)", "chi_total": "ppm",
     "local_field": "ppm", "r2star": "Hz", "r2": "Hz", "r2prime": "Hz", "mask": "binary",
-    "qsm": "ppm",
+    "qsm": "ppm", "field_weight": "0..1 (reliability of the local field)",
+    "magnitude": "a.u. (combined GRE magnitude, edges for the regularized method)",
 }
 
 ProgressFn = Optional[Callable[[float, str], None]]
@@ -230,6 +231,11 @@ def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device
         out["r2star"] = maps.r2star
     if maps.r2 is not None:
         out["r2"] = maps.r2
+    if method == "regularized":
+        # the regularized result depends on these; writing them lets a re-run on processed maps
+        # (--field-weight, --magnitude) reproduce it exactly
+        out["field_weight"] = maps.field_weight
+        out["magnitude"] = maps.magnitude
     for k in ("chi_para", "chi_dia", "chi_total", "r2prime", "qsm"):
         if out.get(k) is not None:
             out[k] = np.asarray(out[k], dtype=np.float32)

@@ -45,6 +45,8 @@ def add_parser(sub):
     proc.add_argument("--r2star", metavar="F", help="R2* map in Hz")
     proc.add_argument("--r2prime", metavar="F", help="R2' map in Hz")
     proc.add_argument("--qsm", metavar="F", help="a QSM map (ppm) to use as chi-sepnet's QSM channel")
+    proc.add_argument("--field-weight", metavar="F", help="reliability weight of the local field (0..1; regularized method)")
+    proc.add_argument("--magnitude", metavar="F", help="combined GRE magnitude (edge weights of the regularized method)")
     both = p.add_argument_group("either")
     both.add_argument("--r2", metavar="F", help="R2 map in Hz (instead of --se-mag)")
     both.add_argument("--mask", metavar="F", help="brain mask (overrides the automatic mask)")
@@ -80,8 +82,8 @@ def load_processed(args) -> Maps:
     mask, maff = load_nifti(args.mask, ndim=3)
     b0_t = args.b0 or 3.0
     maps = {"mask": mask}
-    for name in ("r2star", "r2", "r2prime", "qsm"):
-        path = getattr(args, name)
+    for name in ("r2star", "r2", "r2prime", "qsm", "field_weight", "magnitude"):
+        path = getattr(args, name, None)
         if path:
             arr, aff = load_nifti(path, ndim=3)
             if arr.shape != field.shape or not np.allclose(aff, affine, atol=1e-3):

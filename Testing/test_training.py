@@ -1,0 +1,152 @@
+"""Training: the published loss on analytic cases, physics-exact augmentations, the patch cache, and a
+tiny network that learns (loss falls), checkpoints that reload to identical outputs and resume."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from chisep import physics  # noqa: E402
+from chisep.training import data as D  # noqa: E402
+from chisep.training import losses as L  # noqa: E402
+from chisep.training import loop  # noqa: E402
+
+
+def _t(a):
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+
+
+@pytest.fixture(scope="module")
+def patch():
+    return loop.shapes_patch(7, 32)
+
+
+def test_dipole_convolution_is_the_forward_model():
+    rng = np.random.default_rng(0)
+    chi = np.zeros((24, 20, 28))
+    chi[6:14, 5:12, 9:20] = rng.uniform(0, 0.1, (8, 7, 11))
+    f = physics.forward_field(chi, (1, 1, 1.5), physics.tilted_b0(20), pad_factor=2.0)
+    ft = L.dipole_convolve(_t(chi), (1, 1, 1.5), physics.tilted_b0(20), pad=2.0)[0, 0].numpy()
+    assert np.abs(ft - f).max() < 1e-6 * np.abs(f).max() + 1e-9
+
+
+def test_loss_terms_zero_for_the_truth(patch):
+    p = patch
+    norm = {"chi_para": [0.02, 0.03], "chi_dia": [0.01, 0.02]}
+    m = _t(p["mask"])
+    yz = torch.cat([(_t(p["para"]) - 0.02) / 0.03, (_t(p["dia"]) - 0.01) / 0.02], 1) * m
+    total, parts = L.chisep_loss(yz, yz, m, (norm["chi_para"], norm["chi_dia"]),
+                                 field_ppm=_t(p["field"]), qsm_ppm=_t(p["para"] - p["dia"]),
+                                 r2p_over_dr_ppm=_t(p["r2p_true"]))
+    assert parts["l1"] == 0 and parts["gdl"] == 0
+    scale = float(np.abs(p["field"]).mean())
+    assert parts["field"] < 1e-5 * scale and parts["qsm"] < 1e-7 and parts["r2p"] < 1e-7
+    # a wrong prediction costs in every term; the field term measures the field error in ppm
+    wrong = yz.clone()
+    wrong[:, 0] += 0.5 * m[:, 0]
+    _, parts2 = L.chisep_loss(wrong, yz, m, (norm["chi_para"], norm["chi_dia"]),
+                              field_ppm=_t(p["field"]), qsm_ppm=_t(p["para"] - p["dia"]),
+                              r2p_over_dr_ppm=_t(p["r2p_true"]))
+    assert parts2["l1"] == pytest.approx(0.25, rel=1e-5)   # 0.5 on one of the two channels
+    assert parts2["qsm"] == pytest.approx(0.5 * 0.03, rel=1e-4)
+    assert parts2["r2p"] == pytest.approx(0.5 * 0.03, rel=1e-4)
+    assert parts2["field"] > 100 * parts["field"] + 1e-6
+
+
+def test_gradient_difference_loss():
+    rng = np.random.default_rng(1)
+    a = _t(rng.standard_normal((12, 12, 12)))
+    assert float(L.gradient_difference_loss(a, a)) == 0
+    assert float(L.gradient_difference_loss(a + 3.0, a)) == pytest.approx(0, abs=1e-6)  # offsets are free
+    ramp = _t(np.broadcast_to(np.arange(12.0)[:, None, None], (12, 12, 12)))
+    # a unit ramp along one axis: forward differences differ by 1 on that axis, 0 on the others
+    assert float(L.gradient_difference_loss(ramp, torch.zeros_like(ramp))) == pytest.approx(1 / 3)
+
+
+def test_augmentations_are_exact_for_the_physics(patch):
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        p = D.augment({k: v.copy() for k, v in patch.items()}, rng, (0.5, 2.0), True)
+        f = L.dipole_convolve(_t(p["para"] - p["dia"]))[0, 0].numpy()
+        m = p["mask"] > 0
+        assert np.abs(f - p["field"])[m].max() < 1e-4 * np.abs(p["field"]).max()
+        assert np.allclose(p["r2p_true"], p["para"] + p["dia"], atol=1e-6)
+
+
+def test_cache_volume_and_sampler_are_deterministic(tmp_path):
+    vols = []
+    for i in range(2):
+        arrays = {k: v.astype(np.float16) for k, v in loop.shapes_patch(20 + i, 32).items()
+                  if k in D.MAP_KEYS}
+        for k in D.MASK_KEYS:
+            arrays[k] = (loop.shapes_patch(20 + i, 32)["mask"] > 0).astype(np.uint8)
+        arrays["meta"] = np.array(json.dumps({"kind": "head" if i == 0 else "shapes", "seed": 20 + i}))
+        D._save_atomic(tmp_path / f"{'head' if i == 0 else 'shapes'}_{i:05d}.npz", arrays)
+    vols = D.load_cache(tmp_path, "train")
+    assert {v.kind for v in vols} == {"head", "shapes"}
+    s = D.PatchSampler(vols, patch=16, p_shapes=0.5, seed=4)
+    a, b = s.batch(7, 2), s.batch(7, 2)
+    assert a["field"].shape == (2, 1, 16, 16, 16)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["field"], s.batch(8, 2)["field"])
+    norm = D.normalisation_from_volumes(vols)
+    m = np.concatenate([v.masks["mask"].ravel() > 0 for v in vols])
+    x = np.concatenate([v.maps["para"].ravel().astype(np.float64) for v in vols])[m]
+    assert norm["chi_para"][0] == pytest.approx(x.mean(), rel=1e-6)
+    assert norm["chi_para"][1] == pytest.approx(x.std(), rel=1e-4)
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(out=str(tmp_path / "run"), kind="chisepnet-r2prime", width=4, steps=30, batch=2,
+                patch=16, lr=2e-3, seed=1, threads=1, val_every=0, ckpt_every=10, log_every=5,
+                shapes_only=True, shapes_pool=2, scale_min=1.0, scale_max=1.0, flips=False)
+    base.update(kw)
+    return loop.TrainConfig(**base)
+
+
+def test_tiny_net_learns_checkpoints_reload_and_resume(tmp_path):
+    pytest.importorskip("chisep.network.unet")
+    cfg = _cfg(tmp_path)
+    s = loop.train(cfg, log=lambda m: None)
+    losses = s["last_losses"]
+    assert len(losses) == 30 and s["step"] == 30
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    # a checkpoint reloads (weights_only) to identical outputs
+    ck = tmp_path / "run" / "ckpt_last.pt"
+    m1, c1 = loop.model_from_checkpoint(ck)
+    m2, _ = loop.model_from_checkpoint(ck)
+    x = torch.randn(1, 3, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(m1(x), m2(x))
+    assert c1["step"] == 30 and set(c1["norm"]) >= {"field", "qsm", "r2prime_over_dr", "chi_para", "chi_dia"}
+    # resume continues the step count, and the resumed run equals an uninterrupted one
+    loop.train(_cfg(tmp_path, steps=40, resume=True), log=lambda m: None)
+    _, c2 = loop.model_from_checkpoint(ck)
+    assert c2["step"] == 40
+    loop.train(_cfg(tmp_path, out=str(tmp_path / "straight"), steps=40), log=lambda m: None)
+    _, c3 = loop.model_from_checkpoint(tmp_path / "straight" / "ckpt_last.pt")
+    for k in c2["model"]:
+        assert torch.allclose(c2["model"][k].float(), c3["model"][k].float(), atol=1e-5), k
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["event"] == "train"][-1] == 40
+
+
+def test_r2prime_net_and_cli_export(tmp_path):
+    pytest.importorskip("chisep.network.unet")
+    pytest.importorskip("chisep.network.weights")
+    from chisep.cli import main
+    from chisep.network.weights import load_weights
+
+    out = tmp_path / "r2p"
+    assert main(["train", "--out", str(out), "--kind", "r2prime-from-r2star", "--width", "2",
+                 "--patch", "16", "--steps", "4", "--threads", "1", "--val-every", "2", "--ckpt-every", "2"]) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(x["event"] == "val" and "r2prime_over_dr" in x["nrmse"] for x in lines)
+    dst = tmp_path / "w.safetensors"
+    assert main(["train", "--out", str(out), "--export", str(dst)]) == 0
+    w = load_weights(dst)
+    assert dst.stat().st_size < 1_000_000
+    assert w is not None
