@@ -2,8 +2,12 @@
 import numpy as np
 import pytest
 
+import scipy.ndimage as ndi
+
+from chisep import physics
 from chisep.io import InputError
-from chisep.preprocess import dice, erode, preprocess_gre, r2star_arlo, r2star_fit, unwrap_region_growing
+from chisep.preprocess import (combine_echoes, dice, erode, preprocess_gre, r2star_arlo, r2star_fit,
+                               unwrap_echoes, unwrap_region_growing, vsharp)
 from chisep.simulate import simulate_head, write_simulation
 
 
@@ -47,12 +51,41 @@ def test_wraps_unwrapped_without_jumps(head, out):
     assert np.mean(np.abs(err) * head.te_s[-1] > 0.5) < 1e-3
 
 
+def _nrmse(a, t, sel):
+    return 100 * np.linalg.norm(a[sel] - t[sel]) / np.linalg.norm(t[sel])
+
+
 def test_local_field_straight_b0(head, out):
+    """Simulated small head: the chain is within 3 points of V-SHARP applied to the true total field.
+
+    (The small head is a 64 mm block cut out of the brain, its mask touches every face, and the truth
+    local field contains parts V-SHARP removes as harmonic: even the noiseless true total field gives
+    ~30 % here; see benchmarks/bench_preprocess.py for whole heads.)
+    """
     T = head.truth
     me = (out["mask_eroded"] > 0) & (T["mask"] > 0)
     lf, tl = out["local_field"][me], T["local_field"][me]
     assert np.corrcoef(lf, tl)[0, 1] > 0.85
     assert np.all(out["local_field"][out["mask_eroded"] == 0] == 0)
+    ideal, mi = vsharp(T["total_field"], out["mask"], head.voxel_size)
+    floor = _nrmse(ideal, T["local_field"], (mi > 0) & (T["mask"] > 0))
+    got = _nrmse(out["local_field"], T["local_field"], me)
+    assert got <= floor + 3.0 and got < 40, (got, floor)
+
+
+def test_phase_offset_smoothing_lowers_field_noise(head):
+    """phi0 from echoes 1-2 carries their noise into every echo; smoothing it (1 mm) removes most."""
+    T = head.truth
+    m = erode(T["mask"] > 0, 2.0)
+    tf = physics.ppm_to_hz(T["total_field"], head.b0_t)
+    std = {}
+    for s in (0.0, 1.0):
+        unw, _ = unwrap_echoes(head.gre_mag, head.gre_phase, head.te_s, T["mask"], head.voxel_size,
+                               phi0_smooth_mm=s)
+        f, w = combine_echoes(unw, head.gre_mag, head.te_s, T["mask"])
+        e = f[m] - tf[m]
+        std[s] = float(np.std(e - np.median(e)))
+    assert std[1.0] < 0.1 and std[1.0] < 0.6 * std[0.0], std
 
 
 def test_arlo_matches_fit_on_exact_decay():
@@ -108,3 +141,63 @@ def test_cli_preprocess_and_errors(head, tmp_path, capsys):
                  "--te", *map(str, head.te_s), "--out", str(bad)]) == 2
     assert "NaN" in capsys.readouterr().err
     assert not bad.exists() or not [p for p in bad.rglob("*") if p.is_file()]
+
+
+# ------------------------------------------------------------------ synthetic phantom, tilted / anisotropic
+def _affine(vs, tilt_deg):
+    t = np.deg2rad(tilt_deg)
+    R = np.array([[1.0, 0, 0], [0, np.cos(t), np.sin(t)], [0, -np.sin(t), np.cos(t)]])
+    A = np.eye(4)
+    A[:3, :3] = R @ np.diag(vs)
+    return A
+
+
+def _phantom(vs, tilt_deg, seed=0, snr=100.0):
+    """Ellipsoidal brain with smooth chi blobs; background from smoothed -9.4 ppm air pockets outside
+    it plus a linear shim (harmonic in the brain, several phase cycles); phi0 smooth; noise."""
+    rng = np.random.default_rng(seed)
+    vs = np.asarray(vs, float)
+    shape = tuple(int(round(72 / v)) for v in vs)
+    x = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * v for n, v in zip(shape, vs)], indexing="ij")
+    r = np.sqrt((x[0] / 28) ** 2 + (x[1] / 30) ** 2 + (x[2] / 25) ** 2)
+    brain = r <= 1
+    affine = _affine(vs, tilt_deg)
+    b0 = physics.b0_direction_from_affine(affine)
+    chi = np.zeros(shape)
+    for _ in range(12):
+        c, rad = rng.uniform(-12, 12, 3), rng.uniform(3, 7, 3)
+        chi += rng.choice([-1, 1]) * rng.uniform(0.03, 0.1) * (sum(((a - b) / q) ** 2 for a, b, q in zip(x, c, rad)) <= 1)
+    chi = ndi.gaussian_filter(chi, 0.7 / vs) * brain
+    local = physics.forward_field(chi, vs, b0)
+    src = np.zeros(shape)
+    for c in [(0, 33, -22), (20, -30, -20), (-25, 25, 20), (0, -33, 25)]:
+        src += -9.4 * (sum((a - b) ** 2 for a, b in zip(x, c)) <= 36)
+    src = ndi.gaussian_filter(src, 1.0 / vs) * (r > 1.15)
+    total = local + physics.forward_field(src, vs, b0) + 0.004 * x[1] - 0.003 * x[2]
+    te = np.array([0.005, 0.011, 0.017, 0.023, 0.029])
+    r2s = np.where(brain, 25.0 + 10 * np.tanh(chi * 20), 0.0)
+    m0 = (r <= 1.1).astype(float)
+    phi0 = 0.8 * np.sin(x[0] / 20) + 0.5 * np.cos(x[1] / 25)
+    f_hz = physics.ppm_to_hz(total, 3.0)
+    s = m0[..., None] * np.exp(-r2s[..., None] * te) * np.exp(1j * (2 * np.pi * f_hz[..., None] * te + phi0[..., None]))
+    s = s + (rng.normal(0, 1 / snr, s.shape) + 1j * rng.normal(0, 1 / snr, s.shape))
+    return dict(mag=np.abs(s).astype(np.float32), phase=np.angle(s).astype(np.float32), te=te, affine=affine,
+                brain=brain, local=local, total_hz=f_hz, r2s=r2s, b0=b0)
+
+
+@pytest.mark.parametrize("vs,tilt", [((1.0, 1.0, 1.0), 0.0), ((1.0, 1.0, 1.0), 20.0),
+                                     ((1.0, 1.0, 2.0), 0.0), ((1.0, 1.0, 2.0), 20.0)])
+def test_local_field_tilted_anisotropic_phantom(vs, tilt):
+    P = _phantom(vs, tilt)
+    if tilt:
+        np.testing.assert_allclose(P["b0"], physics.tilted_b0(tilt, "x"), atol=1e-12)
+    assert np.ptp(P["total_hz"][P["brain"]]) * P["te"][-1] > 2.5      # several phase cycles
+    o = preprocess_gre(P["mag"], P["phase"], P["te"], P["affine"], 3.0, mask=P["brain"], vsharp_radius_mm=8.0)
+    m = P["brain"]
+    e = o["total_field_hz"][m] - P["total_hz"][m]
+    assert np.abs(e - np.median(e)).max() < 1.0                           # no residual 2 pi jumps (~30 Hz)
+    me = (o["mask_eroded"] > 0) & m
+    assert me.sum() > 0.7 * m.sum()
+    assert _nrmse(o["local_field"], P["local"], me) <= 20.0
+    t = erode(m, 2.0, np.asarray(vs))
+    assert np.median(np.abs(o["r2star"][t] - P["r2s"][t]) / P["r2s"][t]) < 0.05

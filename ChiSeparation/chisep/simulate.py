@@ -749,6 +749,9 @@ def simulate_head(seed: int = 1, size: str = "small", snr: Optional[float] = 100
         A = _anatomy(ext, P, placed, progress=sub(0.05, 0.45))
         crop = (slice(None), slice(None), slice(ext_vox, None))
         src = np.where(A["head"], np.float32(CHI_TISSUE_VS_AIR), np.float32(0.0))
+        # a slightly smooth air/tissue boundary: a sharp step sampled on the grid rings inside the
+        # brain when B0 is oblique (the field would then not be harmonic there)
+        src = ndi.gaussian_filter(src, 1.0 / vs).astype(np.float32)
         rep(0.45, "background field (air/tissue)")
         bg = physics.forward_field(src, vs, b0_dir, pad_factor=1.5)[crop].astype(np.float32)
         del src
@@ -774,7 +777,8 @@ def simulate_head(seed: int = 1, size: str = "small", snr: Optional[float] = 100
         sl = cgrid.box_slices(origin - 4.0, hi + 4.0)
         if sl is not None:
             chi_c[sl] = 0.0     # the block's own chi is the local field
-        src = np.where(C["head"], np.float32(CHI_TISSUE_VS_AIR), np.float32(0.0)) + chi_c
+        src = ndi.gaussian_filter(np.where(C["head"], np.float32(CHI_TISSUE_VS_AIR), np.float32(0.0)),
+                                  0.5).astype(np.float32) + chi_c   # smooth boundary, see above
         bgc = physics.forward_field(src, cvs, b0_dir, pad_factor=1.5)
         del C, src, chi_c
         cidx = np.empty_like(A["x"])

@@ -8,9 +8,9 @@ from .inputs import load_echoes, load_gre, phase_to_radians
 from .mask import brain_mask, dice, erode
 from .pipeline import preprocess_gre
 from .relaxometry import r2_from_se, r2star, r2star_arlo, r2star_fit
-from .unwrap import make_congruent, unwrap_echoes, unwrap_laplacian, unwrap_region_growing
+from .unwrap import make_congruent, smooth_phase, unwrap_echoes, unwrap_laplacian, unwrap_region_growing
 
 __all__ = ["load_gre", "load_echoes", "phase_to_radians", "brain_mask", "erode", "dice",
-           "unwrap_laplacian", "unwrap_region_growing", "make_congruent", "unwrap_echoes",
+           "unwrap_laplacian", "unwrap_region_growing", "make_congruent", "smooth_phase", "unwrap_echoes",
            "combine_echoes", "vsharp", "pdf", "r2star", "r2star_arlo", "r2star_fit", "r2_from_se",
            "preprocess_gre"]

@@ -23,8 +23,9 @@ def _check(name, arr, ndim):
 
 
 def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_te_s=None, r2=None,
-                   mask=None, phase_sign: int = 1, unwrap: str = "region-growing", bg_method: str = "vsharp",
-                   vsharp_radius_mm: float = 12.0, b0_dir=None, bipolar: bool = False, progress=None) -> dict:
+                   mask=None, phase_sign: int = 1, unwrap: str = "laplacian", bg_method: str = "vsharp",
+                   vsharp_radius_mm: float = 12.0, b0_dir=None, bipolar: bool = False, phi0_smooth_mm: float = 1.0,
+                   progress=None) -> dict:
     """Raw multi-echo GRE (+ optional SE or R2 map) -> maps for chi-separation.
 
     Parameters
@@ -38,6 +39,11 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     mask : optional brain mask (overrides the automatic one).
     phase_sign : +1 if phase increases with frequency, -1 for the opposite vendor convention.
     unwrap : "laplacian" or "region-growing"; bg_method : "vsharp" or "pdf".
+    vsharp_radius_mm : largest V-SHARP radius (mm).
+    b0_dir : (3,) B0 direction in the array frame (default from ``affine``; used by PDF).
+    bipolar : remove odd/even echo phase offsets (bipolar readouts).
+    phi0_smooth_mm : smoothing (mm) of the estimated phase offset phi0 (see :func:`unwrap_echoes`).
+    progress : optional ``progress(fraction, message)``.
 
     Returns
     -------
@@ -75,6 +81,7 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     p(0.05, "R2*")
     r2s = r2star(mag, te, mask)
     unw, _ = unwrap_echoes(mag, phase, te, mask, vs, method=unwrap, bipolar=bipolar,
+                           phi0_smooth_mm=phi0_smooth_mm,
                            progress=scaled(progress, 0.1, 0.45))
     p(0.45, "echo combination")
     field_hz, weight = combine_echoes(unw, mag, te, mask, phase_sign)

@@ -3,14 +3,18 @@
 Multi-echo strategy (:func:`unwrap_echoes`): the phase difference of the first two echoes
 (angle(S2 conj S1), small wraps) is unwrapped spatially and made congruent with the measured
 difference; it gives a first field estimate f0 and the phase offset phi0 = angle(S1 exp(-i 2 pi f0
-TE1)). Every echo is then unwrapped against its prediction phi0 + 2 pi f0 TE_e, which keeps absolute
-phase and removes phi0 (the odd/even echo offsets of bipolar readouts are removed the same way when
+TE1)). phi0 is then smoothed (complex Gaussian filter of |S1| exp(i phi0), ``phi0_smooth_mm``): the
+offset is a smooth coil/transmit phase, while the per-voxel estimate carries the noise of echoes 1-2,
+which would otherwise enter every echo (on simulated heads at SNR 100 smoothing cuts the field noise
+from 0.20 to 0.07 Hz, close to 0.06 Hz with the true phi0). Every echo is then unwrapped against its
+prediction phi0 + 2 pi f0 TE_e, which keeps absolute phase and removes phi0 (the odd/even echo offsets of bipolar readouts are removed the same way when
 ``bipolar=True``: the prediction of even echoes carries its own offset).
 """
 from __future__ import annotations
 
 import numpy as np
 import scipy.fft as sfft
+import scipy.ndimage as ndi
 
 from .. import physics
 
@@ -32,20 +36,62 @@ def _lap(x, eig):
     return sfft.ifftn(sfft.fftn(x, workers=-1) * eig, workers=-1).real
 
 
-def unwrap_laplacian(phase: np.ndarray, voxel_size=(1.0, 1.0, 1.0), pad: int = 8) -> np.ndarray:
-    """Laplacian phase unwrapping (FFT): phi = L^-1[cos(p) L sin(p) - sin(p) L cos(p)].
-
-    The result is smooth and not congruent with ``phase`` (a property of the method); use
-    :func:`make_congruent` to snap it to ``phase + 2 pi k``. Shape (X, Y, Z), radians.
-    """
-    p = np.pad(np.asarray(phase, np.float64), pad, mode="reflect")
-    eig = _laplacian_eigen(p.shape, voxel_size)
-    c, s = np.cos(p), np.sin(p)
+def _laplacian_once(p, voxel_size, pad):
+    q = np.pad(np.asarray(p, np.float64), pad, mode="reflect")
+    eig = _laplacian_eigen(q.shape, voxel_size)
+    c, s = np.cos(q), np.sin(q)
     lap = c * _lap(s, eig) - s * _lap(c, eig)
     eig_inv = np.where(eig == 0, 0.0, 1.0 / np.where(eig == 0, 1.0, eig))
     out = sfft.ifftn(sfft.fftn(lap, workers=-1) * eig_inv, workers=-1).real
-    sl = tuple(slice(pad, pad + n) for n in phase.shape)
-    return out[sl].astype(np.float32)
+    sl = tuple(slice(pad, pad + n) for n in p.shape)
+    return out[sl]
+
+
+def unwrap_laplacian(phase: np.ndarray, voxel_size=(1.0, 1.0, 1.0), pad: int = 8, n_iter: int = 2) -> np.ndarray:
+    """Laplacian phase unwrapping (FFT): phi = L^-1[cos(p) L sin(p) - sin(p) L cos(p)].
+
+    ``L`` is the discrete Laplacian with the voxel spacing (mm) of each axis. The plain method
+    underestimates steep phase (strong background fields), so the wrapped residual
+    ``angle(exp(i (p - phi)))`` is unwrapped again and added, ``n_iter`` times (on simulated heads
+    with 4 cycles across the brain this cuts the voxels off by a cycle from 0.8 % to 0.02 %).
+    The result is smooth and not congruent with ``phase`` (a property of the method); use
+    :func:`make_congruent` to snap it to ``phase + 2 pi k``.
+
+    Parameters
+    ----------
+    phase : (X, Y, Z) wrapped phase (rad).
+    voxel_size : (3,) mm.
+
+    Returns
+    -------
+    (X, Y, Z) float32 unwrapped (smooth) phase, rad.
+    """
+    p = np.asarray(phase, np.float64)
+    out = _laplacian_once(p, voxel_size, pad)
+    for _ in range(int(n_iter)):
+        out = out + _laplacian_once(np.angle(np.exp(1j * (p - out))), voxel_size, pad)
+    return out.astype(np.float32)
+
+
+def fix_isolated_jumps(unwrapped: np.ndarray, mask, n_iter: int = 2) -> np.ndarray:
+    """Remove residual 2 pi jumps of small regions: snap each voxel to the 2 pi k closest to the
+    median of its 3x3x3 neighbourhood (computed in the mask's bounding box)."""
+    m = np.asarray(mask) > 0
+    if not m.any():
+        return unwrapped
+    idx = np.argwhere(m)
+    sl = tuple(slice(a, b + 1) for a, b in zip(idx.min(0), idx.max(0)))
+    u = np.array(unwrapped[sl], np.float32)
+    mb = m[sl]
+    for _ in range(int(n_iter)):
+        med = ndi.median_filter(u, size=3, mode="nearest")
+        k = np.round((med - u) / (2 * np.pi)) * mb
+        if not k.any():
+            break
+        u = u + (2 * np.pi) * k
+    out = np.array(unwrapped, np.float32)
+    out[sl] = np.where(mb, u, out[sl])
+    return out
 
 
 def make_congruent(smooth: np.ndarray, wrapped: np.ndarray, mask=None) -> np.ndarray:
@@ -74,9 +120,31 @@ def unwrap_region_growing(phase: np.ndarray, mask=None, magnitude=None) -> np.nd
     return out.astype(np.float32)
 
 
-def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: str = "region-growing",
-                  bipolar: bool = False, progress=None):
+def smooth_phase(phase, weight, voxel_size=(1.0, 1.0, 1.0), sigma_mm: float = 1.0) -> np.ndarray:
+    """Magnitude-weighted Gaussian smoothing of a wrapped phase map (rad): angle(G * (w e^{i phase})).
+
+    ``sigma_mm`` is converted to voxels per axis (anisotropic voxels). Where the smoothed complex
+    value vanishes the input phase is kept.
+    """
+    vs = np.broadcast_to(np.asarray(voxel_size, float), (3,))
+    sig = float(sigma_mm) / vs
+    w = np.asarray(weight, np.float32)
+    re = ndi.gaussian_filter(w * np.cos(phase), sig, mode="nearest")
+    im = ndi.gaussian_filter(w * np.sin(phase), sig, mode="nearest")
+    return np.where(re ** 2 + im ** 2 > 0, np.arctan2(im, re), phase).astype(np.float32)
+
+
+def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: str = "laplacian",
+                  bipolar: bool = False, phi0_smooth_mm: float = 1.0, progress=None):
     """Unwrap every echo with phase-offset removal (see module docstring).
+
+    Parameters
+    ----------
+    mag, phase : (X, Y, Z, E) magnitude and wrapped phase (rad).
+    te_s : (E,) echo times (s). mask : (X, Y, Z) brain mask. voxel_size : (3,) mm.
+    method : "laplacian" or "region-growing" (spatial unwrapping of the echo 1-2 difference).
+    bipolar : remove an extra odd/even echo offset (bipolar readouts).
+    phi0_smooth_mm : Gaussian sigma (mm) of the phase-offset smoothing; 0 = no smoothing.
 
     Returns ``(unwrapped (X,Y,Z,E) rad without phi0, phi0 (X,Y,Z) rad)``.
     """
@@ -85,18 +153,22 @@ def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: st
     s = mag * np.exp(1j * phase)
     if len(te) < 2:
         raise ValueError("temporal unwrapping needs at least two echoes")
-    d01 = np.angle(s[..., 1] * np.conj(s[..., 0])) * m
+    d01 = np.angle(s[..., 1] * np.conj(s[..., 0]))
     if method == "laplacian":
-        d_unw = make_congruent(unwrap_laplacian(d01, voxel_size), d01, m)
+        # unmasked: zeroing outside the mask would add artificial wraps at its border
+        d_unw = make_congruent(unwrap_laplacian(d01, voxel_size), d01, m) * m
     elif method in ("region-growing", "region_growing", "romeo"):
-        d_unw = unwrap_region_growing(d01, m)
+        d_unw = unwrap_region_growing(d01 * m, m, np.abs(s[..., 0]))
     else:
         raise ValueError(f"unknown unwrapping method {method!r}; use laplacian or region-growing")
+    d_unw = fix_isolated_jumps(d_unw, m)
     # remove the global 2 pi k ambiguity: the field averaged over the brain is small
     k = np.round(np.median(d_unw[m]) / (2 * np.pi)) if m.any() else 0
     d_unw = d_unw - 2 * np.pi * k
     omega = d_unw / (te[1] - te[0])                   # rad/s
     phi0 = np.angle(s[..., 0] * np.exp(-1j * omega * te[0]))
+    if phi0_smooth_mm and phi0_smooth_mm > 0:
+        phi0 = smooth_phase(phi0, np.abs(s[..., 0]) * m, voxel_size, phi0_smooth_mm)
     out = np.empty(phase.shape, np.float32)
     for e in range(len(te)):
         pred = phi0 + omega * te[e]
@@ -113,4 +185,4 @@ def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: st
     return out, phi0.astype(np.float32)
 
 
-__all__ = ["unwrap_laplacian", "unwrap_region_growing", "make_congruent", "unwrap_echoes", "physics"]
+__all__ = ["unwrap_laplacian", "unwrap_region_growing", "make_congruent", "fix_isolated_jumps", "smooth_phase", "unwrap_echoes", "physics"]
