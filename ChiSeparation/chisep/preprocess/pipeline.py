@@ -23,7 +23,7 @@ def _check(name, arr, ndim):
 
 
 def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_te_s=None, r2=None,
-                   mask=None, phase_sign: int = 1, unwrap: str = "laplacian", bg_method: str = "vsharp",
+                   mask=None, phase_sign: int = 1, unwrap: str = "region-growing", bg_method: str = "vsharp",
                    vsharp_radius_mm: float = 12.0, b0_dir=None, bipolar: bool = False, phi0_smooth_mm: float = 1.0,
                    progress=None) -> dict:
     """Raw multi-echo GRE (+ optional SE or R2 map) -> maps for chi-separation.

@@ -134,7 +134,7 @@ def smooth_phase(phase, weight, voxel_size=(1.0, 1.0, 1.0), sigma_mm: float = 1.
     return np.where(re ** 2 + im ** 2 > 0, np.arctan2(im, re), phase).astype(np.float32)
 
 
-def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: str = "laplacian",
+def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: str = "region-growing",
                   bipolar: bool = False, phi0_smooth_mm: float = 1.0, progress=None):
     """Unwrap every echo with phase-offset removal (see module docstring).
 
