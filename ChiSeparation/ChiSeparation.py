@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+import typing
 
 import qt
 import vtk
@@ -65,15 +66,23 @@ The built-in network weights are the project's own, trained on simulated heads (
 # Parameter node
 #
 
+#: What a multi-echo selector accepts. The parameter node's GUI connector sets the node combo box's
+#: nodeTypes from this annotation, so it must name concrete classes (the abstract vtkMRMLNode would
+#: list every node of the scene); the multivolume class exists only with MultiVolumeExplorer.
+MULTI_ECHO_NODE_CLASSES = tuple(getattr(slicer, c) for c in (
+    "vtkMRMLSequenceNode", "vtkMRMLMultiVolumeNode", "vtkMRMLScalarVolumeNode") if hasattr(slicer, c))
+#: None is part of the union: the wrapper's union serializer can store "no node" only that way.
+MultiEchoNode = typing.Union[MULTI_ECHO_NODE_CLASSES + (type(None),)]
+
 if parameterNodeWrapper is not None:
     @parameterNodeWrapper
     class ChiSeparationParameterNode:
         """Every choice of the panel, saved with the scene."""
         inputMode: str = "raw"                      # "raw" | "processed"
-        greMagnitude: slicer.vtkMRMLNode            # sequence, multivolume or scalar volume
-        grePhase: slicer.vtkMRMLNode
+        greMagnitude: MultiEchoNode                 # sequence, multivolume, or a volume (one echo,
+        grePhase: MultiEchoNode                     # a 4-D file's proxy, or one of "<stem>_eN")
         echoTimes: str = ""                         # seconds, "0.004 0.008 ..."
-        seMagnitude: slicer.vtkMRMLNode
+        seMagnitude: MultiEchoNode
         seEchoTimes: str = ""
         r2Map: slicer.vtkMRMLScalarVolumeNode
         localField: slicer.vtkMRMLScalarVolumeNode
@@ -82,6 +91,7 @@ if parameterNodeWrapper is not None:
         r2primeMap: slicer.vtkMRMLScalarVolumeNode
         mask: slicer.vtkMRMLScalarVolumeNode
         fieldStrength: float = 3.0                  # tesla
+        b0Direction: str = ""                       # "i j k" unit vector; empty: from the data
         method: str = "chisepnet-r2prime"
         weightsPath: str = ""                       # empty: built-in weights
         device: str = "auto"
@@ -195,16 +205,32 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGui()
 
     def onGreMagnitudeChanged(self, node):
-        te = self.logic.echoTimesFromNode(node) if node is not None else None
+        try:
+            echoes = self.logic.inputEchoes(node)
+        except ValueError as exc:  # e.g. a gap in "<stem>_eN" echo volumes
+            self.ui.statusLabel.text = str(exc)
+            echoes = node
+        te = mrml.echo_times_from_node(echoes)
         if te and self._parameterNode is not None:
             self._parameterNode.echoTimes = " ".join(f"{t:g}" for t in te)
-        b0 = self.logic.fieldStrengthFromNode(node) if node is not None else None
+        b0 = mrml.field_strength_from_node(echoes)
         if b0 and self._parameterNode is not None:
             self._parameterNode.fieldStrength = b0
+        try:
+            b0dir = mrml.b0_direction_from_node(echoes)
+        except ValueError:
+            b0dir = None
+        self.ui.b0DirectionLineEdit.placeholderText = (
+            "from the data: " + " ".join(f"{x:.4f}" for x in b0dir) if b0dir is not None
+            else "from the volume geometry")
         self.updateGui()
 
     def onSeMagnitudeChanged(self, node):
-        te = self.logic.echoTimesFromNode(node) if node is not None else None
+        try:
+            te = mrml.echo_times_from_node(self.logic.inputEchoes(node))
+        except ValueError as exc:
+            self.ui.statusLabel.text = str(exc)
+            te = None
         if te and self._parameterNode is not None:
             self._parameterNode.seEchoTimes = " ".join(f"{t:g}" for t in te)
         self.updateGui()
@@ -275,7 +301,7 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def showOverlay(self):
         key = self.ui.overlayMapComboBox.currentData or "chi_para"
         fg = self.logic.outputNodes.get(key)
-        bgNode = mrml.background_volume(self._parameterNode.greMagnitude) if self._parameterNode else None
+        bgNode = self.logic.displayVolume(self._parameterNode.greMagnitude) if self._parameterNode else None
         self.logic.showOverlay(bgNode, fg, self.ui.overlayOpacitySlider.value)
 
     def onLoadSampleData(self):
@@ -338,46 +364,31 @@ class ChiSeparationLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
-    def echoTimesFromNode(node):
-        """Echo times in seconds read from a sequence index or multivolume frame labels, else None."""
-        if node is None:
-            return None
-        if node.IsA("vtkMRMLSequenceNode"):
-            try:
-                vals = [float(node.GetNthIndexValue(i)) for i in range(node.GetNumberOfDataNodes())]
-            except ValueError:
-                return None
-            unit = (node.GetIndexUnit() or "").strip().lower()
-            name = (node.GetIndexName() or "").lower()
-            if unit == "ms" or ("echo" in name and vals and max(vals) > 1.0):
-                vals = [v / 1000.0 for v in vals]
-            return vals if vals and all(v > 0 for v in vals) else None
-        labels = node.GetAttribute("MultiVolume.FrameLabels")
-        tag = node.GetAttribute("MultiVolume.FrameIdentifyingDICOMTagName") or ""
-        if labels and "EchoTime" in tag:
-            return [float(v) / 1000.0 for v in labels.split(",")]  # DICOM EchoTime is in ms
-        te = node.GetAttribute("EchoTime") or node.GetAttribute("DICOM.EchoTime")
-        return [float(te) / 1000.0] if te else None
-
-    @staticmethod
-    def fieldStrengthFromNode(node):
-        for key in ("MagneticFieldStrength", "DICOM.MagneticFieldStrength"):
-            v = node.GetAttribute(key) if node is not None else None
-            if v:
-                try:
-                    return float(v)
-                except ValueError:
-                    return None
-        return None
+    def inputEchoes(node):
+        """What a multi-echo selector means: a sequence/multivolume as is, or, for a scalar volume
+        named like "<stem>_e2" / "<stem> echo 2", every echo volume of that series (a list)."""
+        if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+            return node
+        sequence = mrml.sequence_of_proxy(slicer.mrmlScene, node)  # a 4-D file shows as its proxy
+        if sequence is not None:
+            return sequence
+        echoes = mrml.echo_volumes(slicer.mrmlScene, node)
+        return echoes if len(echoes) > 1 else node
 
     def runParameters(self, p, workDir):
         """Write the chosen nodes as NIfTI in ``workDir`` and return the ``chisep run`` parameters."""
-        def save(node, name, te=None):
+        b0dir = mrml.parse_b0_direction(p.b0Direction)  # ValueError shown plainly by the widget
+
+        def save(node, name, te=None, multiEcho=False):
             if node is None:
                 return None
+            if multiEcho:
+                node = self.inputEchoes(node)
             sidecar = {"EchoTime": te} if te else None
             if sidecar is not None:
                 sidecar["MagneticFieldStrength"] = float(p.fieldStrength)
+                if b0dir is not None:
+                    sidecar["B0Direction"] = [float(x) for x in b0dir]
             return mrml.save_input_nifti(node, os.path.join(workDir, name + ".nii.gz"), sidecar=sidecar)
 
         params = {"method": p.method, "device": p.device, "weights": p.weightsPath or None,
@@ -385,9 +396,10 @@ class ChiSeparationLogic(ScriptedLoadableModuleLogic):
         if p.inputMode == "raw":
             te = [float(x) for x in p.echoTimes.replace(",", " ").split()] or None
             ste = [float(x) for x in p.seEchoTimes.replace(",", " ").split()] or None
-            params.update(gre_mag=save(p.greMagnitude, "gre_mag", te),
-                          gre_phase=save(p.grePhase, "gre_phase", te), te=te,
-                          se_mag=save(p.seMagnitude, "se_mag", ste), se_te=ste if p.seMagnitude else None,
+            params.update(gre_mag=save(p.greMagnitude, "gre_mag", te, True),
+                          gre_phase=save(p.grePhase, "gre_phase", te, True), te=te,
+                          se_mag=save(p.seMagnitude, "se_mag", ste, True),
+                          se_te=ste if p.seMagnitude else None,
                           r2=save(p.r2Map, "r2"), mask=save(p.mask, "mask"))
         else:
             params.update(local_field=save(p.localField, "local_field"), field_unit=p.fieldUnit,
@@ -431,22 +443,24 @@ class ChiSeparationLogic(ScriptedLoadableModuleLogic):
                                              self.inputName)
         return self.outputNodes
 
+    @staticmethod
+    def sequencesLogic():
+        sequences = getattr(slicer.modules, "sequences", None)
+        return sequences.logic() if sequences is not None else None
+
+    def displayVolume(self, node):
+        """The scene volume under the maps: a sequence's proxy, the first echo volume, or the node."""
+        return mrml.display_volume(slicer.mrmlScene, self.inputEchoes(node), self.sequencesLogic())
+
     def showOverlay(self, backgroundNode, foregroundNode, opacity=0.6):
+        """The chosen map as a coloured foreground over the GRE magnitude, with its colour legend."""
         settings = mrml.overlay_settings(backgroundNode, foregroundNode, opacity)
         mrml.apply_overlay_to_scene(slicer.mrmlScene, settings)
-        colorsLogic = getattr(getattr(slicer.modules, "colors", None), "logic", lambda: None)()
-        if foregroundNode is not None and colorsLogic is not None \
-                and hasattr(colorsLogic, "AddDefaultColorLegendDisplayNode"):
-            for node in self.outputNodes.values():  # one legend, for the map shown
-                legend = slicer.modules.colors.logic().GetColorLegendDisplayNode(node) \
-                    if hasattr(colorsLogic, "GetColorLegendDisplayNode") else None
-                if legend is not None:
-                    legend.SetVisibility(node is foregroundNode)
-            legend = colorsLogic.AddDefaultColorLegendDisplayNode(foregroundNode)
+        if foregroundNode is not None:
             spec = mrml.OUTPUT_MAPS.get(foregroundNode.GetAttribute("ChiSeparation.map") or "")
-            if legend is not None and spec is not None:
-                legend.SetTitleText(spec.title)
-                legend.SetVisibility(True)
+            if spec is not None:
+                mrml.setup_color_legend(slicer.mrmlScene, foregroundNode, spec.title, visible=True)
+        mrml.show_only_legend_of(list(self.outputNodes.values()), foregroundNode)
         slicer.util.resetSliceViews()
 
     def lesionTable(self, labelsNode):
@@ -487,19 +501,17 @@ class ChiSeparationLogic(ScriptedLoadableModuleLogic):
             p.echoTimes = " ".join(f"{t:g}" for t in te)
             p.seEchoTimes = " ".join(f"{t:g}" for t in head.se_te_s) if se is not None else ""
             p.fieldStrength = float(head.b0_t)
+            p.b0Direction = ""
             p.lesionLabels = lesions
-        first = mrml.background_volume(mag)
+        first = self.displayVolume(mag)
         if first is not None and first.GetScene() is not None:
             slicer.util.setSliceViewerLayers(background=first, fit=True)
         return {"gre_mag": mag, "gre_phase": pha, "se_mag": se, "lesions": lesions, "head": head}
 
-    @staticmethod
-    def _browse(sequenceNode):
-        """A sequence browser so the sequence shows (and its proxy volume exists) in the views."""
+    def _browse(self, sequenceNode):
+        """A sequence browser and proxy volume so the sequence shows in the views."""
         try:
-            browser = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode",
-                                                         sequenceNode.GetName() + " browser")
-            browser.SetAndObserveMasterSequenceNodeID(sequenceNode.GetID())
+            mrml.browse_sequence(slicer.mrmlScene, sequenceNode, self.sequencesLogic())
         except Exception:  # noqa: BLE001 - the sequence stays usable as an input without a browser
             logging.debug("no sequence browser for %s", sequenceNode.GetName())
 
@@ -537,7 +549,14 @@ class ChiSeparationTest(ScriptedLoadableModuleTest):
         count = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
         logic.run(p, timeout=600)  # re-run replaces
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"), count)
-        logic.showOverlay(mrml.background_volume(p.greMagnitude), nodes["chi_para"], 0.6)
+        greVolume = logic.displayVolume(p.greMagnitude)
+        self.assertIs(greVolume.GetScene(), slicer.mrmlScene)
+        logic.showOverlay(greVolume, nodes["chi_para"], 0.6)
+        composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+        if composite is not None:  # none when Slicer runs without a main window
+            self.assertEqual(composite.GetBackgroundVolumeID(), greVolume.GetID())
+            self.assertEqual(composite.GetForegroundVolumeID(), nodes["chi_para"].GetID())
+        self.assertTrue(mrml.color_legend(nodes["chi_para"]).GetVisibility())
         if sample["lesions"] is not None:
             table = logic.lesionTable(sample["lesions"])
             self.assertGreater(table.GetNumberOfRows(), 0)

@@ -4,6 +4,9 @@ Covers ChiSeparation/ChiSeparationLib/mrml.py and background.py: arrays <-> volu
 anisotropic), sequences, output nodes with colour tables and window/level, re-runs replacing nodes,
 the colour a user sees in a slice view (vtkMRMLSliceLogic blends offscreen here), lesion tables, the
 chisep command line and the background runner (progress, failure, cancel), and one real run.
+Also: parent transforms, multivolumes, sequence browsers/proxies, echo times / field strength / B0
+direction read from the data, one-volume-per-echo series, colour legends, and ChiSeparationLogic
+(ChiSeparation.py, with stand-ins only for the application parts the wheel lacks) end to end.
 """
 import json
 import os
@@ -109,6 +112,151 @@ def test_multi_echo_as_volume_list(scene):
     assert mrml.background_volume(nodes) is nodes[0]
 
 
+def test_multicomponent_volume_is_a_4d_input(scene):
+    """A multivolume / vector volume (one component per echo) reads back as (i, j, k, echo)."""
+    rng = np.random.default_rng(4)
+    arr = rng.random((5, 4, 3, 4)).astype(np.float32)
+    aff = oblique_affine()
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "mv")
+    node.SetIJKToRASMatrix(mrml._vtk_matrix(aff))
+    node.SetAndObserveImageData(mrml._image_from_array(arr))
+    back, aff2, vals = mrml.array_from_input(node)
+    assert back.shape == (5, 4, 3, 4) and np.array_equal(back, arr) and vals is None
+    np.testing.assert_allclose(aff2, aff, atol=1e-12)
+
+
+def test_parent_transform_is_part_of_the_affine(scene):
+    """A volume under a linear transform is exported where the views show it; non-linear refuses."""
+    import vtk
+    arr = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    aff = oblique_affine()
+    node = mrml.volume_node_from_array(scene, arr, aff, "moved")
+    tnode = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "reg")
+    t = np.eye(4)
+    t[:3, :3] = rot(2, 30.0)
+    t[:3, 3] = [5.0, -3.0, 12.0]
+    tnode.SetMatrixTransformToParent(mrml._vtk_matrix(t))
+    node.SetAndObserveTransformNodeID(tnode.GetID())
+    _, world = mrml.array_from_volume_node(node)
+    np.testing.assert_allclose(world, t @ aff, atol=1e-12)
+    np.testing.assert_allclose(mrml.ijk_to_ras(node, world=False), aff, atol=1e-12)
+    # same point as Slicer's own transform-to-world of voxel (1, 2, 3)
+    p = mrml.ijk_to_ras(node, world=False) @ [1, 2, 3, 1]
+    out = [0.0, 0.0, 0.0]
+    node.TransformPointToWorld(list(p[:3]), out)
+    np.testing.assert_allclose(out, (world @ [1, 2, 3, 1])[:3], atol=1e-9)
+    # writing an output onto that node drops the transform (the affine is already world)
+    mrml.volume_node_from_array(scene, arr, world, "moved")
+    assert node.GetTransformNodeID() is None
+    np.testing.assert_allclose(mrml.ijk_to_ras(node), t @ aff, atol=1e-12)
+    # a non-linear transform must be hardened first
+    tps = vtk.vtkThinPlateSplineTransform()
+    src, dst = vtk.vtkPoints(), vtk.vtkPoints()
+    for q in [(0, 0, 0), (10, 0, 0), (0, 10, 0), (0, 0, 10)]:
+        src.InsertNextPoint(q)
+        dst.InsertNextPoint(q[0] + 1, q[1], q[2])
+    tps.SetSourceLandmarks(src)
+    tps.SetTargetLandmarks(dst)
+    tps.SetBasisToR()
+    warp = scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
+    warp.SetAndObserveTransformToParent(tps)
+    node.SetAndObserveTransformNodeID(warp.GetID())
+    with pytest.raises(ValueError, match="[Hh]arden"):
+        mrml.array_from_volume_node(node)
+
+
+def _with_file(scene, node, path):
+    st = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    st.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(st.GetID())
+    return node
+
+
+def test_echo_times_field_strength_and_b0_from_the_data(scene, tmp_path):
+    aff = oblique_affine()
+    arr = np.ones((4, 4, 3, 3), np.float32)
+    # 1. a 4-D NIfTI with a dcm2niix sidecar, loaded as a sequence: frame numbers 0, 1, 2 ("time")
+    seq = mrml.volumes_from_4d(scene, arr, aff, "gre", index_values=[0, 1, 2], index_name="time",
+                               index_unit="")
+    assert mrml.echo_times_from_node(seq) is None          # frame numbers are not echo times
+    (tmp_path / "gre.json").write_text(json.dumps({"EchoTime": [0.005, 0.011, 0.017],
+                                                   "MagneticFieldStrength": 2.89}))
+    _with_file(scene, seq, tmp_path / "gre.nii.gz")
+    assert mrml.sidecar_for_node(seq)["MagneticFieldStrength"] == 2.89
+    assert mrml.echo_times_from_node(seq) == [0.005, 0.011, 0.017]
+    assert mrml.field_strength_from_node(seq) == 2.89
+    # 2. a sequence indexed by echo time in ms
+    ms = mrml.volumes_from_4d(scene, arr, aff, "gre_ms", index_values=[4.0, 8.5, 13.0],
+                              index_name="echo time", index_unit="ms")
+    np.testing.assert_allclose(mrml.echo_times_from_node(ms), [0.004, 0.0085, 0.013])
+    # 3. a DICOM multivolume (frame labels in ms) with ImagingFrequency-only field strength
+    mv = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "mv")
+    mv.SetAttribute("MultiVolume.FrameIdentifyingDICOMTagName", "EchoTime")
+    mv.SetAttribute("MultiVolume.FrameLabels", "5,11,17,23")
+    np.testing.assert_allclose(mrml.echo_times_from_node(mv), [0.005, 0.011, 0.017, 0.023])
+    (tmp_path / "mv.json").write_text(json.dumps({"ImagingFrequency": 127.7324}))
+    _with_file(scene, mv, tmp_path / "mv.nrrd")
+    assert mrml.field_strength_from_node(mv) == pytest.approx(3.0, abs=1e-4)
+    # 4. one volume per echo, each with its DICOM EchoTime attribute (ms)
+    vols = [mrml.volume_node_from_array(scene, arr[..., e], aff, f"gre_e{e + 1}") for e in range(3)]
+    for v, te in zip(vols, ("4", "9", "14")):
+        v.SetAttribute("DICOM.EchoTime", te)
+    np.testing.assert_allclose(mrml.echo_times_from_node(vols), [0.004, 0.009, 0.014])
+    vols[1].SetAttribute("DICOM.EchoTime", "")
+    assert mrml.echo_times_from_node(vols) is None
+    assert mrml.field_strength_from_node(vols) is None
+    # B0 direction: from the oblique geometry, as chisep computes it, or a sidecar override
+    from chisep.physics import b0_direction_from_affine
+    np.testing.assert_allclose(mrml.b0_direction_from_node(ms), b0_direction_from_affine(aff), atol=1e-12)
+    b = mrml.b0_direction_from_node(ms)
+    assert abs(np.linalg.norm(b) - 1) < 1e-12 and abs(b[2]) < 0.99   # tilted: not the k axis
+    (tmp_path / "gre.json").write_text(json.dumps({"B0Direction": [0, 0.6, 0.8]}))
+    np.testing.assert_allclose(mrml.b0_direction_from_node(seq), [0, 0.6, 0.8])
+    np.testing.assert_allclose(mrml.parse_b0_direction("0, 0, 2"), [0, 0, 1])
+    assert mrml.parse_b0_direction("  ") is None
+    for bad in ("0 0", "a b c", "0 0 0"):
+        with pytest.raises(ValueError, match="B0 direction"):
+            mrml.parse_b0_direction(bad)
+
+
+def test_sequence_browser_proxy_is_shown_and_maps_back_to_the_sequence(scene):
+    """A 4-D file loaded in Slicer is a sequence + browser + proxy volume; users pick the proxy."""
+    rng = np.random.default_rng(5)
+    arr = rng.random((4, 5, 6, 3)).astype(np.float32)
+    seq = mrml.volumes_from_4d(scene, arr, oblique_affine(), "gre", index_values=[0.004, 0.008, 0.012])
+    assert seq.GetScene() is scene and seq.GetNthDataNode(0).GetScene() is not scene
+    browser, proxy = mrml.browse_sequence(scene, seq)
+    assert proxy is not None and proxy.GetScene() is scene and proxy.IsA("vtkMRMLScalarVolumeNode")
+    np.testing.assert_array_equal(mrml.array_from_volume_node(proxy)[0], arr[..., 0])
+    np.testing.assert_allclose(mrml.ijk_to_ras(proxy), oblique_affine(), atol=1e-12)
+    assert mrml.display_volume(scene, seq).GetID() == proxy.GetID()
+    assert mrml.sequence_of_proxy(scene, proxy).GetID() == seq.GetID()
+    other = mrml.volume_node_from_array(scene, arr[..., 0], np.eye(4), "plain")
+    assert mrml.sequence_of_proxy(scene, other) is None
+    # browsing again reuses the browser and proxy
+    n = scene.GetNumberOfNodes()
+    assert mrml.browse_sequence(scene, seq)[1].GetID() == proxy.GetID() and scene.GetNumberOfNodes() == n
+    # the overlay goes onto the proxy, a node of the scene
+    s = mrml.overlay_settings(mrml.display_volume(scene, seq), other, 0.5)
+    assert scene.GetNodeByID(s.background_id) is proxy
+
+
+def test_one_volume_per_echo_gathered_by_name(scene):
+    a = np.zeros((3, 3, 3), np.float32)
+    names = ["sub_GRE_e3", "sub_GRE_e1", "sub_GRE_e2", "sub_GRE_ph_e1", "other", "T1 echo 1", "T1 echo 2"]
+    nodes = {n: mrml.volume_node_from_array(scene, a + i, np.eye(4), n) for i, n in enumerate(names)}
+    got = mrml.echo_volumes(scene, nodes["sub_GRE_e2"])
+    assert [n.GetName() for n in got] == ["sub_GRE_e1", "sub_GRE_e2", "sub_GRE_e3"]
+    assert [n.GetName() for n in mrml.echo_volumes(scene, nodes["T1 echo 2"])] == ["T1 echo 1", "T1 echo 2"]
+    assert mrml.echo_volumes(scene, nodes["other"]) == [nodes["other"]]
+    assert [n.GetName() for n in mrml.echo_volumes(scene, nodes["sub_GRE_ph_e1"])] == ["sub_GRE_ph_e1"]
+    stacked, _, _ = mrml.array_from_input(got)
+    assert stacked.shape == (3, 3, 3, 3) and [stacked[0, 0, 0, e] for e in range(3)] == [1, 2, 0]
+    mrml.volume_node_from_array(scene, a, np.eye(4), "sub_GRE_e5")
+    with pytest.raises(ValueError, match="gaps"):
+        mrml.echo_volumes(scene, nodes["sub_GRE_e1"])
+
+
 # ----------------------------------------------------------------------------- outputs and colours
 
 def _maps(shape=(8, 7, 6), scale=1.0):
@@ -135,6 +283,16 @@ def test_outputs_named_coloured_and_ranged(scene):
         assert disp.GetWindowLevelMax() == pytest.approx(hi, abs=1e-9)
         assert nodes[key].GetAttribute("ChiSeparation.unit") == "ppm"
         np.testing.assert_allclose(mrml.ijk_to_ras(nodes[key]), aff, atol=1e-12)
+    # colour legends: one per map, bound to its scalar display, titled in ppm/Hz, hidden until shown
+    for key, node in nodes.items():
+        legend = mrml.color_legend(node)
+        assert legend is not None and legend.IsA("vtkMRMLColorLegendDisplayNode")
+        assert legend.GetPrimaryDisplayNode().GetID() == node.GetDisplayNode().GetID()
+        assert legend.GetTitleText() == mrml.OUTPUT_MAPS[key].title and not legend.GetVisibility()
+    assert mrml.color_legend(nodes["chi_para"]).GetTitleText() == "\u03c7para (ppm)"
+    assert mrml.show_only_legend_of(nodes.values(), nodes["chi_dia"]) == 1
+    assert mrml.color_legend(nodes["chi_dia"]).GetVisibility() == 1
+    assert mrml.color_legend(nodes["chi_para"]).GetVisibility() == 0
     # colours: para warm (red > blue mid-range, pale yellow top), dia cool (blue > red), total grey
     para = mrml.ensure_color_node(scene, "para")
     dia = mrml.ensure_color_node(scene, "dia")
@@ -154,7 +312,9 @@ def test_rerun_replaces_nodes(scene):
     aff = np.diag([1.0, 1.2, 2.0, 1.0])
     first = mrml.show_maps(scene, _maps(), aff, "gre")
     counts = {c: scene.GetNumberOfNodesByClass(c) for c in
-              ("vtkMRMLScalarVolumeNode", "vtkMRMLColorTableNode", "vtkMRMLScalarVolumeDisplayNode")}
+              ("vtkMRMLScalarVolumeNode", "vtkMRMLColorTableNode", "vtkMRMLScalarVolumeDisplayNode",
+               "vtkMRMLColorLegendDisplayNode")}
+    assert counts["vtkMRMLColorLegendDisplayNode"] == 4
     n_nodes = scene.GetNumberOfNodes()
     second = mrml.show_maps(scene, _maps(scale=2.0), aff, "gre")
     assert {c: scene.GetNumberOfNodesByClass(c) for c in counts} == counts
@@ -432,3 +592,145 @@ def test_real_chisep_run_in_background_and_loaded(tmp_path, scene):
     # the estimate follows the truth inside the brain
     m = head.truth["mask"] > 0
     assert np.corrcoef(para[m], head.truth["chi_para"][m])[0, 1] > 0.5
+
+
+# ----------------------------------------------------------------------------- the module's logic class
+
+MODULE_PY = Path(__file__).resolve().parents[1] / "ChiSeparation" / "ChiSeparation.py"
+
+
+def _parameter_defaults():
+    """The fields of ChiSeparationParameterNode with their defaults (None for node references)."""
+    import ast
+    for node in ast.walk(ast.parse(MODULE_PY.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ClassDef) and node.name == "ChiSeparationParameterNode":
+            return {s.target.id: (ast.literal_eval(s.value) if s.value is not None else None)
+                    for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("ChiSeparationParameterNode not found")
+
+
+@pytest.fixture
+def module(monkeypatch, scene, tmp_path):
+    """ChiSeparation.py imported on the real MRML scene. The Slicer application parts that the
+    slicer-core wheel lacks (the scripted-module base classes, qt, slicer.app, view resets) are
+    stand-ins here; ChiSeparationLogic itself and everything below it run for real."""
+    import importlib.util
+    import types
+    import unittest
+    import slicer.util
+    qt = types.ModuleType("qt")
+    qt.QTimer = type("QTimer", (), {})
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+    slm.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {"__init__": lambda self, parent: None})
+    slm.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {"__init__": lambda self: None})
+    slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
+    slm.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (unittest.TestCase,), {})
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
+    (tmp_path / "slicer-tmp").mkdir()
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path / "slicer-tmp")),
+                        raising=False)
+    monkeypatch.setattr(slicer.util, "resetSliceViews", lambda *a, **k: None)
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda *a, **k: None)
+    spec = importlib.util.spec_from_file_location("ChiSeparation_under_test", MODULE_PY)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_module_logic_runs_a_simulated_head_end_to_end(module, scene, tmp_path):
+    """Sample data -> parameters -> background chisep run (raw GRE + SE, regularized) -> coloured
+    outputs named after the input, overlaid on the GRE proxy with its legend -> lesion table."""
+    logic = module.ChiSeparationLogic()
+    p = types_namespace(_parameter_defaults())
+    sample = logic.loadSampleData(p)
+    head = sample["head"]
+    assert p.greMagnitude.IsA("vtkMRMLSequenceNode") and p.inputMode == "raw"
+    np.testing.assert_allclose([float(x) for x in p.echoTimes.split()], head.te_s)
+    assert p.fieldStrength == pytest.approx(head.b0_t)
+    # the GRE shows in the views through its proxy, and picking that proxy means the whole sequence
+    proxy = logic.displayVolume(p.greMagnitude)
+    assert proxy.GetScene() is scene and logic.inputEchoes(proxy) is p.greMagnitude
+    np.testing.assert_allclose(mrml.echo_times_from_node(p.greMagnitude), head.te_s)
+
+    p.method, p.device = "regularized", "cpu"
+    nodes = logic.run(p, timeout=120)
+    assert sorted(n.GetName() for n in nodes.values()) == sorted(
+        f"Sample GRE magnitude {k}" for k in ("chi_para", "chi_dia", "chi_total", "r2prime"))
+    # the inputs went out with their echo times and field strength, in the volume's geometry
+    side = json.loads((Path(logic.workDir) / "gre_mag.json").read_text())
+    np.testing.assert_allclose(side["EchoTime"], head.te_s)
+    assert side["MagneticFieldStrength"] == pytest.approx(head.b0_t) and "B0Direction" not in side
+    para, aff = mrml.array_from_volume_node(nodes["chi_para"])
+    np.testing.assert_allclose(aff, head.affine, atol=1e-5)
+    dia = mrml.array_from_volume_node(nodes["chi_dia"])[0]
+    np.testing.assert_allclose(mrml.array_from_volume_node(nodes["chi_total"])[0], para - dia, atol=1e-5)
+    m = head.truth["mask"] > 0
+    assert para.min() >= 0 and np.corrcoef(para[m], head.truth["chi_para"][m])[0, 1] > 0.3
+    assert nodes["chi_dia"].GetDisplayNode().GetColorNode().GetName() == mrml.COLOR_NODE_NAMES["dia"]
+    # loading again (what a re-run ends with) replaces, never duplicates
+    count = scene.GetNumberOfNodes()
+    again = logic.loadResults(p)
+    assert scene.GetNumberOfNodes() == count and all(again[k].GetID() == nodes[k].GetID() for k in nodes)
+    # overlay on the GRE proxy with the colour legend of the shown map only
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    logic.showOverlay(logic.displayVolume(p.greMagnitude), nodes["chi_dia"], 0.4)
+    assert composite.GetBackgroundVolumeID() == proxy.GetID()
+    assert composite.GetForegroundVolumeID() == nodes["chi_dia"].GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.4)
+    assert [bool(mrml.color_legend(nodes[k]).GetVisibility()) for k in ("chi_para", "chi_dia")] == [False, True]
+    # lesion statistics of the outputs over the simulated lesion labels
+    table = logic.lesionTable(sample["lesions"])
+    labels = head.truth["lesions"]
+    present = sorted(int(v) for v in np.unique(labels) if v > 0)
+    assert mrml.table_column(table, "label") == present
+    want = [float(para[labels == L].mean()) for L in present]
+    np.testing.assert_allclose(mrml.table_column(table, "chi_para_mean"), want, rtol=1e-5)
+    assert table.GetName() == "Sample GRE magnitude lesions"
+    logic.cleanupWorkDir()
+    assert logic.workDir is None
+
+
+def types_namespace(d):
+    import types
+    return types.SimpleNamespace(**d)
+
+
+def test_module_logic_parameters_per_echo_volumes_and_b0(module, scene, tmp_path):
+    """One volume per echo, echo times typed by the user, a B0 direction override; bad input is
+    refused with a plain message."""
+    logic = module.ChiSeparationLogic()
+    aff = oblique_affine()
+    rng = np.random.default_rng(6)
+    mag = rng.random((6, 5, 4, 3)).astype(np.float32)
+    pha = rng.random((6, 5, 4, 3)).astype(np.float32)
+    mags = [mrml.volume_node_from_array(scene, mag[..., e], aff, f"GRE_e{e + 1}") for e in range(3)]
+    phas = [mrml.volume_node_from_array(scene, pha[..., e], aff, f"GRE_ph_e{e + 1}") for e in range(3)]
+    p = types_namespace(_parameter_defaults())
+    p.greMagnitude, p.grePhase = mags[1], phas[0]          # any echo of each series
+    p.echoTimes, p.b0Direction, p.fieldStrength = "0.005, 0.010 0.015", "0 0.6 0.8", 7.0
+    assert [n.GetName() for n in logic.inputEchoes(mags[1])] == ["GRE_e1", "GRE_e2", "GRE_e3"]
+    params = logic.runParameters(p, str(tmp_path))
+    from chisep.io import load_nifti
+    for key, arr in (("gre_mag", mag), ("gre_phase", pha)):
+        data, a = load_nifti(params[key])[:2]
+        assert data.shape == (6, 5, 4, 3)
+        np.testing.assert_allclose(data, arr, atol=1e-6)
+        np.testing.assert_allclose(a, aff, atol=1e-5)
+        side = json.loads((tmp_path / f"{key}.json").read_text())
+        assert side["EchoTime"] == [0.005, 0.010, 0.015] and side["MagneticFieldStrength"] == 7.0
+        np.testing.assert_allclose(side["B0Direction"], [0, 0.6, 0.8])
+    argv = module.background.build_run_args(params)
+    assert argv[argv.index("--te") + 1: argv.index("--te") + 4] == ["0.005", "0.01", "0.015"]
+    assert argv[argv.index("--b0") + 1] == "7.0" and argv[argv.index("--method") + 1] == "chisepnet-r2prime"
+    p.b0Direction = "0 1"
+    with pytest.raises(ValueError, match="B0 direction"):
+        logic.runParameters(p, str(tmp_path))
+    # the multi-echo selectors' parameter type: concrete node classes (the parameter node's GUI
+    # connector turns them into the combo box's nodeTypes) plus None (an empty selection)
+    import typing
+    args = typing.get_args(module.MultiEchoNode)
+    assert slicer.vtkMRMLSequenceNode in args and slicer.vtkMRMLScalarVolumeNode in args
+    assert type(None) in args and slicer.vtkMRMLNode not in args

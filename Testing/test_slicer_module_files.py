@@ -119,6 +119,14 @@ def test_catalog_json_matches_project_and_s4ext():
     assert j["category"] == f["category"] == "Quantification"
     assert j["scm_url"] == f["scmurl"] and j["scm_revision"] == f["scmrevision"]
     assert j["tier"] in (1, 3, 5)
+    # schema v1.0.2 (Slicer/Schemas): no other keys (additionalProperties false), these types
+    schema_keys = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+                   "build_dependencies": list, "dicom_support_rule": str, "build_subdirectory": str,
+                   "enabled": bool, "tier": int}
+    assert set(j) <= set(schema_keys), set(j) - set(schema_keys)
+    assert all(isinstance(v, schema_keys[k]) for k, v in j.items())
+    assert j.get("scm_type", "git") == f["scm"] and j.get("build_subdirectory", ".") == f["build_subdirectory"]
+    assert j.get("enabled", True) == (f["enabled"] == "1")
     # the file names and project() agree
     t = (ROOT / "CMakeLists.txt").read_text()
     name = re.search(r"^project\((\w+)", t, re.M).group(1)
@@ -189,6 +197,15 @@ def test_ui_is_valid_designer_xml():
             assert types and all(t.startswith("vtkMRML") for t in types)
 
 
+def test_weights_chooser_accepts_every_supported_format():
+    w = next(w for w in ui_tree().iter("widget") if w.get("name") == "weightsPathLineEdit")
+    assert w.get("class") == "ctkPathLineEdit"
+    filters = [s.text for s in w.find("property[@name='nameFilters']").iter("string")]
+    for ext in ("*.safetensors", "*.pth", "*.pth.tar", "*.onnx"):
+        assert ext in filters[0].split("(")[1].rstrip(")").split(), ext
+    assert "ctkPathLineEdit::Files" in w.find("property[@name='filters']").findtext("set")
+
+
 def test_every_widget_the_module_uses_is_in_the_ui():
     used = {n.attr for n in ast.walk(module_ast()) if isinstance(n, ast.Attribute)
             and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"
@@ -207,7 +224,7 @@ def test_parameter_bindings_name_real_parameters():
             params = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
     assert params and {"greMagnitude", "grePhase", "echoTimes", "seMagnitude", "r2Map", "localField",
                        "fieldUnit", "r2starMap", "r2primeMap", "mask", "fieldStrength", "method",
-                       "weightsPath", "device"} <= params
+                       "weightsPath", "device", "b0Direction"} <= params
     bound = {}
     for w in ui_tree().iter("widget"):
         for p in w.findall("property"):
@@ -241,6 +258,23 @@ def test_module_classes_and_metadata():
     assert ns["NEVER_PIP"] == {"numpy", "vtk", "simpleitk"}
     for call in re.findall(r"pip_install\(([^)]*)\)", src):
         assert call.strip() == "requirement"
+
+
+def test_module_uses_only_functions_the_lib_has():
+    """ChiSeparation.py only runs inside Slicer: check statically that every ``mrml.X`` and
+    ``background.X`` it uses exists in ChiSeparationLib (a rename there must fail here)."""
+    import sys
+    sys.path.insert(0, str(MOD))
+    try:
+        from ChiSeparationLib import background, mrml
+    finally:
+        sys.path.remove(str(MOD))
+    libs = {"mrml": mrml, "background": background}
+    used = {(n.value.id, n.attr) for n in ast.walk(module_ast()) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id in libs}
+    assert len(used) >= 15
+    missing = sorted(f"{m}.{a}" for m, a in used if not hasattr(libs[m], a))
+    assert not missing, missing
 
 
 def test_mrml_lib_imports_no_qt():

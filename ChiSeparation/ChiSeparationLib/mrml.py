@@ -14,7 +14,9 @@ Conventions
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,11 +89,26 @@ def _np_matrix(m: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def ijk_to_ras(node) -> np.ndarray:
-    """4x4 voxel (i, j, k) -> RAS (mm) matrix of a volume node."""
+def ijk_to_ras(node, world: bool = True) -> np.ndarray:
+    """4x4 voxel (i, j, k) -> RAS (mm) matrix of a volume node.
+
+    With ``world`` (the default) a linear parent transform (e.g. a registration the user applied
+    without hardening) is included, so the matrix places voxels where the views show them. A
+    non-linear parent transform raises ValueError: the volume must be resampled (hardened) first.
+    """
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
-    return _np_matrix(m)
+    a = _np_matrix(m)
+    parent = node.GetParentTransformNode() if (world and hasattr(node, "GetParentTransformNode")) else None
+    if parent is not None:
+        if not parent.IsTransformToWorldLinear():
+            raise ValueError(f"volume {node.GetName()!r} is under a non-linear transform "
+                             f"({parent.GetName()!r}); harden the transform first (Data module, "
+                             "right-click the transform, 'Harden transform')")
+        t = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(t)
+        a = _np_matrix(t) @ a
+    return a
 
 
 def check_affine(affine) -> np.ndarray:
@@ -144,6 +161,8 @@ def volume_node_from_array(scene, array, affine, name: str, node=None,
         node = find_node(scene, name, class_name)
     if node is None:
         node = scene.AddNewNodeByClass(class_name, name)
+    if node.GetTransformNodeID():
+        node.SetAndObserveTransformNodeID(None)  # ``affine`` is already in world (RAS) coordinates
     node.SetIJKToRASMatrix(_vtk_matrix(a))
     node.SetAndObserveImageData(_image_from_array(arr))
     if node.GetDisplayNode() is None:
@@ -259,6 +278,200 @@ def save_input_nifti(nodes, path, sidecar: dict | None = None) -> str:
     return str(path)
 
 
+# --------------------------------------------------------------------------- input metadata
+
+#: Echo-time index names/units that identify a sequence indexed by echo time.
+_TE_RANGE_S = (1e-4, 0.5)   # plausible echo times in seconds (GRE and SE)
+
+_ECHO_NAME = re.compile(r"^(?P<stem>.*?)(?P<sep>[ _-]?(?:echo|e)[ _-]?)(?P<n>\d+)$", re.I)
+
+
+def _storage_file(node):
+    st = node.GetStorageNode() if node is not None and hasattr(node, "GetStorageNode") else None
+    return st.GetFileName() if st is not None and st.GetFileName() else None
+
+
+def sidecar_for_node(node) -> dict | None:
+    """The dcm2niix-style JSON sidecar beside the file a node was loaded from, if there is one."""
+    path = _storage_file(node)
+    if not path:
+        return None
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seq.nrrd"):
+        if path.lower().endswith(ext):
+            cand = path[: -len(ext)] + ".json"
+            break
+    else:
+        cand = os.path.splitext(path)[0] + ".json"
+    if not os.path.isfile(cand):
+        return None
+    try:
+        with open(cand, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _plausible_te(vals) -> list | None:
+    try:
+        vals = [float(v) for v in vals]
+    except (TypeError, ValueError):
+        return None
+    if vals and all(_TE_RANGE_S[0] <= v <= _TE_RANGE_S[1] for v in vals):
+        return vals
+    return None
+
+
+def _te_from_single(node) -> list | None:
+    sc = sidecar_for_node(node)
+    if sc and sc.get("EchoTime") is not None:
+        te = sc["EchoTime"]
+        te = _plausible_te(te if isinstance(te, (list, tuple)) else [te])
+        if te:
+            return te
+    own = node.GetAttribute("ChiSeparation.EchoTimes")
+    if own:
+        te = _plausible_te(own.replace(",", " ").split())
+        if te:
+            return te
+    labels = node.GetAttribute("MultiVolume.FrameLabels")
+    tag = node.GetAttribute("MultiVolume.FrameIdentifyingDICOMTagName") or ""
+    if labels and "EchoTime" in tag:   # DICOM EchoTime is in ms
+        te = _plausible_te([float(v) / 1000.0 for v in labels.split(",")])
+        if te:
+            return te
+    for key in ("EchoTime", "DICOM.EchoTime"):
+        v = node.GetAttribute(key)
+        if v:
+            x = float(v)
+            te = _plausible_te([x / 1000.0 if x > _TE_RANGE_S[1] else x])  # DICOM gives ms
+            if te:
+                return te
+    return None
+
+
+def echo_times_from_node(node) -> list | None:
+    """Echo times in seconds of a multi-echo input, from the data where present, else None.
+
+    Looked for, in order: the JSON sidecar beside the loaded file (``EchoTime``, s), the attribute
+    ``ChiSeparation.EchoTimes``, a sequence's index values (index name with "echo" or unit s/ms),
+    multivolume frame labels of a DICOM EchoTime series (ms), the ``EchoTime`` attribute (one
+    echo), and for a list of per-echo volumes, each volume's own echo time. Implausible values
+    (outside 0.1 ms .. 0.5 s, e.g. the frame numbers of a 4-D NIfTI) give None.
+    """
+    if node is None:
+        return None
+    if isinstance(node, (list, tuple)):
+        per = [echo_times_from_node(n) for n in node]
+        if all(p is not None and len(p) == 1 for p in per):
+            return [p[0] for p in per]
+        return None
+    if node.IsA("vtkMRMLSequenceNode"):
+        te = _te_from_single(node)
+        if te:
+            return te
+        n = node.GetNumberOfDataNodes()
+        try:
+            vals = [float(node.GetNthIndexValue(i)) for i in range(n)]
+        except ValueError:
+            vals = []
+        unit = (node.GetIndexUnit() or "").strip().lower()
+        name = (node.GetIndexName() or "").strip().lower()
+        if vals and (unit == "ms" or (not unit and "echo" in name and max(vals) > _TE_RANGE_S[1])):
+            vals = [v / 1000.0 for v in vals]
+        if vals and (unit in ("s", "ms") or "echo" in name):
+            te = _plausible_te(vals)
+            if te:
+                return te
+        per = [_te_from_single(node.GetNthDataNode(i)) for i in range(n)]
+        if n and all(p is not None and len(p) == 1 for p in per):
+            return [p[0] for p in per]
+        return None
+    return _te_from_single(node)
+
+
+def field_strength_from_node(node) -> float | None:
+    """Field strength in tesla from the sidecar (``MagneticFieldStrength``) or node attributes."""
+    if isinstance(node, (list, tuple)):
+        node = node[0] if node else None
+    if node is None:
+        return None
+    sc = sidecar_for_node(node) or {}
+    cands = [sc.get("MagneticFieldStrength")]
+    cands += [node.GetAttribute(k) for k in ("MagneticFieldStrength", "DICOM.MagneticFieldStrength")]
+    if sc.get("ImagingFrequency"):
+        try:
+            cands.append(float(sc["ImagingFrequency"]) / 42.577478)
+        except (TypeError, ValueError):
+            pass
+    for v in cands:
+        try:
+            b0 = float(v)
+        except (TypeError, ValueError):
+            continue
+        if 0.05 <= b0 <= 20.0:
+            return b0
+    return None
+
+
+def b0_direction_from_node(node) -> np.ndarray | None:
+    """Unit B0 direction in the volume's array frame (i, j, k).
+
+    A sidecar ``B0Direction`` (array frame) wins; else it follows from the geometry (B0 along
+    world S, tilted into the array frame by the IJK->RAS rotation), as ``chisep`` computes it.
+    """
+    if isinstance(node, (list, tuple)):
+        node = node[0] if node else None
+    if node is None:
+        return None
+    sc = sidecar_for_node(node) or {}
+    if sc.get("B0Direction") is not None:
+        v = np.asarray(sc["B0Direction"], dtype=float)
+        if v.shape == (3,) and np.linalg.norm(v) > 0:
+            return v / np.linalg.norm(v)
+    vol = background_volume(node)
+    if vol is None or not vol.IsA("vtkMRMLVolumeNode"):
+        return None
+    from chisep.physics import b0_direction_from_affine
+    return np.asarray(b0_direction_from_affine(ijk_to_ras(vol)), dtype=float)
+
+
+def parse_b0_direction(text) -> np.ndarray | None:
+    """``"0 0 1"`` / ``"0, 0.1, 0.99"`` -> unit vector; empty -> None (use the geometry)."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        v = np.array([float(x) for x in str(text).replace(",", " ").split()], dtype=float)
+    except ValueError:
+        raise ValueError(f"B0 direction must be three numbers, got {text!r}") from None
+    if v.shape != (3,) or not np.all(np.isfinite(v)) or np.linalg.norm(v) == 0:
+        raise ValueError(f"B0 direction must be three numbers, not all zero, got {text!r}")
+    return v / np.linalg.norm(v)
+
+
+def echo_volumes(scene, node) -> list:
+    """The echoes of a "one volume per echo" input, gathered from the name of one of them.
+
+    ``node`` named like ``"GRE_e2"`` / ``"GRE echo 2"`` / ``"GRE-echo3"`` gives every scalar volume
+    of the scene with the same stem and separator, ordered by echo number (missing numbers are an
+    error). Any other node gives ``[node]``.
+    """
+    m = _ECHO_NAME.match(node.GetName() or "") if node is not None else None
+    if m is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        return [node] if node is not None else []
+    found = {}
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        n = scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+        mm = _ECHO_NAME.match(n.GetName() or "")
+        if mm and mm.group("stem") == m.group("stem") and mm.group("sep").lower() == m.group("sep").lower() \
+                and not n.IsA("vtkMRMLLabelMapVolumeNode"):
+            found.setdefault(int(mm.group("n")), n)
+    nums = sorted(found)
+    if nums != list(range(nums[0], nums[0] + len(nums))):
+        raise ValueError(f"echo volumes {m.group('stem')}{m.group('sep')}N: numbers {nums} have gaps")
+    return [found[k] for k in nums]
+
+
 # --------------------------------------------------------------------------- colours and display
 
 def ensure_color_node(scene, kind: str):
@@ -306,6 +519,55 @@ def apply_display(scene, volume_node, spec: MapDisplay):
     return disp
 
 
+LEGEND_CLASS = "vtkMRMLColorLegendDisplayNode"
+
+
+def color_legend_available() -> bool:
+    return hasattr(slicer, LEGEND_CLASS)
+
+
+def color_legend(volume_node):
+    """The colour legend display node of a volume, or None."""
+    for i in range(volume_node.GetNumberOfDisplayNodes()):
+        d = volume_node.GetNthDisplayNode(i)
+        if d is not None and d.IsA(LEGEND_CLASS):
+            return d
+    return None
+
+
+def setup_color_legend(scene, volume_node, title: str, visible: bool = True, label_format: str = "%.3f"):
+    """Create (once) or update the colour legend of ``volume_node`` (what Slicer's Colors module does
+    for "Show color legend"): primary display = the volume's scalar display, the map's title and
+    unit, shown in the slice views. Returns the legend node, or None where MRML has no legends."""
+    if not color_legend_available():
+        return None
+    legend = color_legend(volume_node)
+    if legend is None:
+        if not scene.IsNodeClassRegistered(LEGEND_CLASS):  # Slicer's Colors module registers it
+            scene.RegisterNodeClass(getattr(slicer, LEGEND_CLASS)())
+        legend = scene.AddNewNodeByClass(LEGEND_CLASS, f"{volume_node.GetName()} legend")
+        legend.SetAndObservePrimaryDisplayNode(volume_node.GetDisplayNode())
+        volume_node.AddAndObserveDisplayNodeID(legend.GetID())
+    legend.SetTitleText(title)
+    legend.SetLabelFormat(label_format)
+    legend.SetVisibility(bool(visible))
+    legend.SetVisibility2D(True)
+    legend.SetVisibility3D(False)
+    return legend
+
+
+def show_only_legend_of(nodes, shown) -> int:
+    """Show the legend of ``shown`` and hide those of the other ``nodes``; returns how many shown."""
+    count = 0
+    for node in nodes:
+        legend = color_legend(node) if node is not None else None
+        if legend is not None:
+            vis = shown is not None and node.GetID() == shown.GetID()
+            legend.SetVisibility(vis)
+            count += int(vis)
+    return count
+
+
 def output_node_name(input_name: str, key: str) -> str:
     spec = OUTPUT_MAPS.get(key) or EXTRA_MAPS.get(key)
     return f"{input_name} {spec.suffix if spec else key}"
@@ -319,6 +581,7 @@ def show_maps(scene, maps: dict, affine, input_name: str) -> dict:
         node = volume_node_from_array(scene, arr, affine, output_node_name(input_name, key))
         if spec is not None:
             apply_display(scene, node, spec)
+            setup_color_legend(scene, node, spec.title, visible=False)
         nodes[key] = node
     return nodes
 
@@ -384,6 +647,69 @@ def apply_overlay_to_scene(scene, settings: OverlaySettings) -> int:
     for i in range(n):
         apply_overlay(scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode"), settings)
     return n
+
+
+def sequence_browser(scene, sequence_node):
+    """The first sequence browser of the scene that plays ``sequence_node``, or None."""
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+        b = scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
+        if b.IsSynchronizedSequenceNodeID(sequence_node.GetID(), True):  # True: the master counts
+            return b
+    return None
+
+
+_PRIVATE_SEQUENCES_LOGIC = {}
+
+
+def _sequences_logic(scene):
+    """One private sequences logic per bare scene (inside Slicer pass the application's)."""
+    key = scene.GetAddressAsString("vtkMRMLScene") if hasattr(scene, "GetAddressAsString") else id(scene)
+    entry = _PRIVATE_SEQUENCES_LOGIC.get(key)
+    if entry is None or entry[0] is not scene:
+        logic = slicer.vtkSlicerSequencesLogic()
+        logic.SetMRMLScene(scene)
+        entry = _PRIVATE_SEQUENCES_LOGIC[key] = (scene, logic)
+    return entry[1]
+
+
+def browse_sequence(scene, sequence_node, sequences_logic=None):
+    """``(browser, proxy volume)`` showing a sequence in the views (what Slicer does on loading a
+    4-D file): reuses a browser (and its proxy) that already plays it, else creates them.
+    ``sequences_logic``: the application's (``slicer.modules.sequences.logic()``); on a bare scene a
+    private one is made once."""
+    browser = sequence_browser(scene, sequence_node)
+    if browser is not None and browser.GetProxyNode(sequence_node) is not None:
+        return browser, browser.GetProxyNode(sequence_node)
+    logic = sequences_logic if sequences_logic is not None else _sequences_logic(scene)
+    if browser is None:
+        browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", sequence_node.GetName() + " browser")
+        browser.SetAndObserveMasterSequenceNodeID(sequence_node.GetID())
+    logic.UpdateProxyNodesFromSequences(browser)
+    return browser, browser.GetProxyNode(sequence_node)
+
+
+def sequence_of_proxy(scene, node):
+    """The sequence whose browser shows ``node`` as its proxy (a 4-D file loaded in Slicer appears as
+    such a volume in the node selectors), or None."""
+    if node is None:
+        return None
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+        b = scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
+        if b.IsProxyNodeID(node.GetID()):
+            seq = b.GetSequenceNode(node)
+            if seq is not None:
+                return seq
+    return None
+
+
+def display_volume(scene, nodes, sequences_logic=None):
+    """A volume of the scene to show under the maps: a sequence's proxy (browsed if needed), the first
+    of a list of echoes, or the node itself."""
+    if isinstance(nodes, (list, tuple)):
+        return nodes[0] if nodes else None
+    if nodes is not None and nodes.IsA("vtkMRMLSequenceNode"):
+        return browse_sequence(scene, nodes, sequences_logic)[1]
+    return nodes
 
 
 def background_volume(nodes):

@@ -158,10 +158,11 @@ def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: st
         # unmasked: zeroing outside the mask would add artificial wraps at its border
         d_unw = make_congruent(unwrap_laplacian(d01, voxel_size), d01, m) * m
     elif method in ("region-growing", "region_growing", "romeo"):
-        d_unw = unwrap_region_growing(d01 * m, m, np.abs(s[..., 0]))
+        d_unw = unwrap_region_growing(d01 * m, m)
     else:
         raise ValueError(f"unknown unwrapping method {method!r}; use laplacian or region-growing")
-    d_unw = fix_isolated_jumps(d_unw, m)
+    if method == "laplacian":
+        d_unw = fix_isolated_jumps(d_unw, m)
     # remove the global 2 pi k ambiguity: the field averaged over the brain is small
     k = np.round(np.median(d_unw[m]) / (2 * np.pi)) if m.any() else 0
     d_unw = d_unw - 2 * np.pi * k
