@@ -156,6 +156,20 @@ def grad_adj(g: list, vs) -> np.ndarray:
     return out
 
 
+def tv_shrink_into(gx: list, eta: list, tau, out: list) -> None:
+    """ADMM step of isotropic TV: out = shrink(gx + eta, tau) and eta = (gx + eta) - out, in place.
+
+    ``gx``, ``eta``, ``out``: lists of the 3 gradient components; ``tau`` scalar or per-voxel array.
+    """
+    v = [gx[a] + eta[a] for a in range(3)]
+    nrm = np.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(nrm > tau, 1.0 - tau / nrm, 0.0).astype(np.float32)
+    for a in range(3):
+        out[a] = v[a] * s
+        eta[a] = v[a] - out[a]
+
+
 def edge_weights(magnitude, mask, voxel_size, edge_percent: float = 30.0,
                  edge_weight: float = 0.1) -> np.ndarray:
     """TV weights from the magnitude's gradients: 1 in flat regions, ``edge_weight`` at edges.
@@ -294,14 +308,7 @@ def qsm_iterative(local_field_ppm, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0
         eta_u = v - u_in
         U = dx.copy()          # outside the mask u = D*chi exactly (dual stays 0 there)
         U[mp] = u_in - eta_u
-        gx = grad(x, vs)
-        v = [gx[a] + eta_g[a] for a in range(3)]
-        nrm = np.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            shrink = np.where(nrm > tau, 1.0 - tau / nrm, 0.0).astype(np.float32)
-        for a in range(3):
-            g[a] = v[a] * shrink
-            eta_g[a] = v[a] - g[a]
+        tv_shrink_into(grad(x, vs), eta_g, tau, g)
         vs_ = x + eta_s
         s = np.where(mp, vs_, 0.0).astype(np.float32)
         eta_s = vs_ - s

@@ -47,8 +47,8 @@ import numpy as np
 
 from . import physics
 from .io import InputError
-from .qsm import (KGrid, bounding_box, check_field_inputs, check_map, edge_weights, grad, grad_adj,
-                  qsm_closed_form)
+from .qsm import (KGrid, bounding_box, check_field_inputs, check_map, edge_weights, grad, grad_adj, qsm_closed_form,
+                  tv_shrink_into)
 
 ProgressFn = Optional[Callable[[float, str], None]]
 
@@ -192,22 +192,13 @@ def chi_separation_regularized(local_field_ppm, r2prime_hz, mask, voxel_size=(1.
     prev = np.concatenate([P, Q])
     half = np.float32(0.5)
 
-    def shrink_into(gx, eta, out):
-        v = [gx[a] + eta[a] for a in range(3)]
-        nrm = np.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = np.where(nrm > tau, 1.0 - tau / nrm, 0.0).astype(np.float32)
-        for a in range(3):
-            out[a] = v[a] * s
-            eta[a] = v[a] - out[a]
-
     for it in range(1, int(max_iter) + 1):
         # --- z-updates (given p, d) and scaled dual updates
         v = dt[mp] + eta_u
         u_in = (2 * wf2 * fm + rho_u * v) / (2 * wf2 + rho_u)
         eta_u = v - u_in
-        shrink_into(grad(p, vs), eta_gp, gp)
-        shrink_into(grad(d, vs), eta_gd, gd)
+        tv_shrink_into(grad(p, vs), eta_gp, tau, gp)
+        tv_shrink_into(grad(d, vs), eta_gd, tau, gd)
         vp, vq = p + eta_P, d + eta_Q
         P, Q = _nnls2(rm, ca, cb, wr2, vp[mp], vq[mp], rho_s)
         C = np.zeros(kg.shape, np.float32)     # the support variables: 0 outside the mask
