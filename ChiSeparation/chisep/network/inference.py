@@ -165,31 +165,34 @@ def _window(mask: np.ndarray, min_shape=None):
     return start, padded
 
 
+def _overlap(start, size, shape):
+    """Slices (in the volume, in the window) where a window at ``start`` of ``size`` meets a volume of
+    ``shape``; ``None`` when they do not overlap."""
+    vol_sl, win_sl = [], []
+    for a in range(3):
+        s0, s1 = max(start[a], 0), min(start[a] + size[a], shape[a])
+        if s1 <= s0:
+            return None
+        vol_sl.append(slice(s0, s1))
+        win_sl.append(slice(s0 - start[a], s1 - start[a]))
+    return tuple(vol_sl), tuple(win_sl)
+
+
 def _extract(vol: np.ndarray, start, size) -> np.ndarray:
     """vol[start:start+size] with zeros wherever the window leaves the array."""
     out = np.zeros(tuple(int(s) for s in size), dtype=np.float32)
-    src, dst = [], []
-    for a in range(3):
-        s0, s1 = max(start[a], 0), min(start[a] + size[a], vol.shape[a])
-        if s1 <= s0:
-            return out
-        src.append(slice(s0, s1))
-        dst.append(slice(s0 - start[a], s1 - start[a]))
-    out[tuple(dst)] = vol[tuple(src)]
+    ov = _overlap(start, size, vol.shape)
+    if ov is not None:
+        out[ov[1]] = vol[ov[0]]
     return out
 
 
 def _insert(out_shape, win: np.ndarray, start) -> np.ndarray:
     """Inverse of :func:`_extract` for a (C, ...) window: a zero volume with the window put back."""
     res = np.zeros((win.shape[0],) + tuple(out_shape), dtype=np.float32)
-    src, dst = [slice(None)], [slice(None)]
-    for a in range(3):
-        s0, s1 = max(start[a], 0), min(start[a] + win.shape[a + 1], out_shape[a])
-        if s1 <= s0:
-            return res
-        dst.append(slice(s0, s1))
-        src.append(slice(s0 - start[a], s1 - start[a]))
-    res[tuple(dst)] = win[tuple(src)]
+    ov = _overlap(start, win.shape[1:], out_shape)
+    if ov is not None:
+        res[(slice(None),) + ov[0]] = win[(slice(None),) + ov[1]]
     return res
 
 
