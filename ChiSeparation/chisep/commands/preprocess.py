@@ -40,7 +40,7 @@ def add_parser(sub):
     p.add_argument("--phase-sign", type=int, choices=(1, -1),
                    help="+1: phase grows with frequency (default, or sidecar PhaseSign); -1: the other vendor sense")
     p.add_argument("--unwrap", choices=("laplacian", "region-growing"), default="region-growing")
-    p.add_argument("--bg-method", choices=("vsharp", "pdf"), default="vsharp")
+    p.add_argument("--bg-method", choices=("vsharp", "lbv", "pdf"), default="vsharp")
     p.add_argument("--vsharp-radius", type=float, default=12.0, metavar="MM", help="largest V-SHARP radius (mm)")
     p.add_argument("--bipolar", action="store_true", help="remove odd/even echo phase offsets (bipolar readout)")
     p.add_argument("--progress", choices=("text", "json", "none"), default="text")

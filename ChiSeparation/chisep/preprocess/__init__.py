@@ -2,7 +2,7 @@
 
 Each step is a function usable on its own; :func:`preprocess_gre` runs them all.
 """
-from .background import pdf, vsharp
+from .background import lbv, pdf, vsharp
 from .combine import combine_echoes
 from .inputs import load_echoes, load_gre, phase_to_radians
 from .mask import brain_mask, dice, erode
@@ -12,5 +12,5 @@ from .unwrap import make_congruent, smooth_phase, unwrap_echoes, unwrap_laplacia
 
 __all__ = ["load_gre", "load_echoes", "phase_to_radians", "brain_mask", "erode", "dice",
            "unwrap_laplacian", "unwrap_region_growing", "make_congruent", "smooth_phase", "unwrap_echoes",
-           "combine_echoes", "vsharp", "pdf", "r2star", "r2star_arlo", "r2star_fit", "r2_from_se",
+           "combine_echoes", "vsharp", "lbv", "pdf", "r2star", "r2star_arlo", "r2star_fit", "r2_from_se",
            "preprocess_gre"]

@@ -6,7 +6,7 @@ import numpy as np
 from .. import physics
 from ..io import InputError
 from ..progress import scaled
-from .background import pdf, vsharp
+from .background import lbv, pdf, vsharp
 from .combine import combine_echoes
 from .mask import brain_mask
 from .relaxometry import r2_from_se, r2star
@@ -38,7 +38,7 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     r2 : optional R2 map (Hz) instead of the SE.
     mask : optional brain mask (overrides the automatic one).
     phase_sign : +1 if phase increases with frequency, -1 for the opposite vendor convention.
-    unwrap : "laplacian" or "region-growing"; bg_method : "vsharp" or "pdf".
+    unwrap : "laplacian" or "region-growing"; bg_method : "vsharp", "lbv" or "pdf".
     vsharp_radius_mm : largest V-SHARP radius (mm).
     b0_dir : (3,) B0 direction in the array frame (default from ``affine``; used by PDF).
     bipolar : remove odd/even echo phase offsets (bipolar readouts).
@@ -62,8 +62,8 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
         raise InputError("chi-separation needs at least 2 GRE echoes (3 or more for a good R2*)")
     if not np.any(phase):
         raise InputError("the GRE phase is zero everywhere")
-    if bg_method not in ("vsharp", "pdf"):
-        raise InputError(f"unknown background removal {bg_method!r}; use vsharp or pdf")
+    if bg_method not in ("vsharp", "lbv", "pdf"):
+        raise InputError(f"unknown background removal {bg_method!r}; use vsharp, lbv or pdf")
     vs = physics.voxel_size_from_affine(affine)
     b0_dir = physics.b0_direction_from_affine(affine) if b0_dir is None else np.asarray(b0_dir, float)
     p = progress or (lambda f, m="": None)
@@ -89,6 +89,8 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     p(0.5, f"background field removal ({bg_method})")
     if bg_method == "vsharp":
         local_hz, mask_eroded = vsharp(field_hz, mask, vs, max_radius_mm=vsharp_radius_mm)
+    elif bg_method == "lbv":
+        local_hz, mask_eroded = lbv(field_hz, mask, vs)
     else:
         local_hz, mask_eroded = pdf(field_hz, mask, vs, b0_dir, weight=weight)
     out = {"local_field": physics.hz_to_ppm(local_hz, b0_t).astype(np.float32),
