@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -34,7 +35,11 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", help="write all numbers here")
+    ap.add_argument("--weights-dir", help="evaluate the weights in this folder instead of the built-in ones "
+                                          "(same file names as Resources/Weights; sets CHISEP_WEIGHTS_DIR)")
     args = ap.parse_args(argv)
+    if args.weights_dir:
+        os.environ["CHISEP_WEIGHTS_DIR"] = os.path.abspath(args.weights_dir)
 
     per_head, lesion_rows, timings = [], [], []
     for seed in args.seeds:
@@ -78,6 +83,13 @@ def main(argv=None):
     from chisep.evaluation import lesion_summary
     les = lesion_summary(lesion_rows, methods) if lesion_rows else {}
     print("\nlesions:", json.dumps(les, indent=1))
+    subtypes = ("iron", "demyelinated", "both", "neither")
+    for m in ["truth"] + methods:
+        print(f"\nlesion subtypes read from {m} (rows: truth; columns: read)")
+        print(f"  {'':<14}" + "".join(f"{s:>14}" for s in subtypes))
+        for t in subtypes:
+            print(f"  {t:<14}" + "".join(f"{sum(1 for r in lesion_rows if r['true_subtype'] == t and r.get(m + '_subtype') == s):>14}"
+                                       for s in subtypes))
 
     checks = {}
     if "chisepnet-r2prime" in mean and "regularized" in mean:
@@ -101,7 +113,7 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             json.dump({"seeds": args.seeds, "size": args.size, "snr": args.snr, "per_head": per_head,
                        "mean": mean, "rois": {r: {k: float(np.mean(x)) for k, x in v.items()} for r, v in rois.items()},
-                       "lesions": les, "checks": checks, "timings": timings}, fh, indent=1)
+                       "lesions": les, "lesion_rows": lesion_rows, "checks": checks, "timings": timings}, fh, indent=1)
     return 0
 
 

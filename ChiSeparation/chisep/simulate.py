@@ -710,7 +710,9 @@ def simulate_head(seed: int = 1, size: str = "small", snr: Optional[float] = 100
     b0_t : field strength (T).
     tilt_deg : B0 tilt (degrees, about the first array axis), stored in the affine as an oblique
         acquisition; ``b0_dir = physics.tilted_b0(tilt_deg, "x")``.
-    voxel_size : (3,) mm; the template is resampled onto this grid (e.g. (1, 1, 2)).
+    voxel_size : (3,) mm; the template is resampled onto this grid (e.g. (1, 1, 2)). Whole heads
+        with integer voxel sizes above 1 mm are simulated at 1 mm and averaged over blocks (complex
+        GRE signal, SE magnitude, truth maps), as a thick-slice acquisition measures them.
     te_s : GRE echo times (s), increasing. se_te_s : SE echo times (s) or None (no SE).
     phase_sign : +1 or -1, the sense of phase rotation (phase = sign 2 pi f TE + phi0).
     n_lesions : number of lesions (default 6 for small, 20 for full); subtypes cycle through all four.
@@ -725,6 +727,14 @@ def simulate_head(seed: int = 1, size: str = "small", snr: Optional[float] = 100
                                    phase_sign, n_lesions)
     if n_lesions is None:
         n_lesions = 6 if size == "small" else 20
+    k = np.rint(np.asarray(vs, float)).astype(int)
+    if size == "full" and np.any(k > 1) and np.allclose(vs, k):
+        # thick voxels: simulate at 1 mm and average k voxels into one, as the scanner does (a
+        # field computed directly on the thick grid is not harmonic near the air/tissue boundary)
+        fine = simulate_head(seed, size, snr=None, b0_t=b0_t, tilt_deg=tilt_deg, voxel_size=(1.0, 1.0, 1.0),
+                             te_s=te, se_te_s=se, phase_sign=phase_sign, n_lesions=n_lesions,
+                             deform=deform, progress=progress)
+        return _block_average_head(fine, k, snr)
     rep = progress or (lambda f, m="": None)
     rep(0.0, "loading the MNI template")
     _template()
@@ -751,7 +761,7 @@ def simulate_head(seed: int = 1, size: str = "small", snr: Optional[float] = 100
         src = np.where(A["head"], np.float32(CHI_TISSUE_VS_AIR), np.float32(0.0))
         # a slightly smooth air/tissue boundary: a sharp step sampled on the grid rings inside the
         # brain when B0 is oblique (the field would then not be harmonic there)
-        src = ndi.gaussian_filter(src, 1.0 / vs).astype(np.float32)
+        src = ndi.gaussian_filter(src, max(1.0, float(vs.max())) / vs).astype(np.float32)
         rep(0.45, "background field (air/tissue)")
         bg = physics.forward_field(src, vs, b0_dir, pad_factor=1.5)[crop].astype(np.float32)
         del src
@@ -847,6 +857,69 @@ def simulate_head(seed: int = 1, size: str = "small", snr: Optional[float] = 100
                          te_s=te, se_te_s=se, seed=seed, gre_mag=gm, gre_phase=gp, se_mag=sem,
                          truth=truth, lesion_table=table, size=size, snr=snr, noise_sigma=sigma,
                          phase_sign=int(phase_sign), tilt_deg=float(tilt_deg), params=params)
+
+
+def _block_mean(a, k):
+    """Mean over blocks of k[0] x k[1] x k[2] voxels (trailing voxels that fill no block are dropped)."""
+    sh = tuple(n // f for n, f in zip(a.shape[:3], k))
+    a = a[:sh[0] * k[0], :sh[1] * k[1], :sh[2] * k[2]]
+    return a.reshape(sh[0], k[0], sh[1], k[1], sh[2], k[2], *a.shape[3:]).mean(axis=(1, 3, 5))
+
+
+def _block_pick(a, k):
+    """The (middle) voxel of every block: for label maps."""
+    sh = tuple(n // f for n, f in zip(a.shape[:3], k))
+    c = [(f - 1) // 2 for f in k]
+    return a[c[0]::k[0], c[1]::k[1], c[2]::k[2]][:sh[0], :sh[1], :sh[2]]
+
+
+def _block_average_head(fine: "SimulatedHead", k, snr) -> "SimulatedHead":
+    """A thick-voxel acquisition from a noiseless 1 mm simulation: complex GRE signals, SE magnitudes
+    and truth maps averaged over blocks of ``k`` voxels (intra-voxel dephasing included), masks kept
+    where at least half the block is in, labels from the block's middle voxel; then noise."""
+    k = tuple(int(v) for v in k)
+    T = {}
+    for key, v in fine.truth.items():
+        if key.startswith("mask"):
+            T[key] = (_block_mean(v.astype(np.float32), k) >= 0.5).astype(np.uint8)
+        elif key in ("lesions", "tissue"):
+            T[key] = _block_pick(v, k)
+        else:
+            T[key] = _block_mean(v, k).astype(np.float32)
+    T["lesions"] = np.where(T["mask"] > 0, T["lesions"], 0).astype(np.int16)
+    A = np.array(fine.affine, float)
+    A_c = A.copy()
+    A_c[:3, :3] = A[:3, :3] @ np.diag(k)
+    A_c[:3, 3] = A[:3, :3] @ ((np.asarray(k) - 1) / 2.0) + A[:3, 3]
+    brain = T["mask"] > 0
+    sigma = float(T["m0"][brain].mean() / snr) if snr else 0.0
+    rng = np.random.default_rng([int(fine.seed), 4242])
+    s = _block_mean(fine.gre_mag.astype(np.complex64) * np.exp(1j * fine.gre_phase), k)
+    if sigma > 0:
+        s = s + (rng.normal(0, sigma, s.shape) + 1j * rng.normal(0, sigma, s.shape))
+    gm = np.abs(s).astype(np.float32)
+    gp = np.angle(s).astype(np.float32)
+    gp[gp >= np.float32(np.pi)] -= np.float32(2 * np.pi)
+    del s
+    sem = None
+    if fine.se_mag is not None:
+        sem = _block_mean(fine.se_mag, k).astype(np.float32)
+        if sigma > 0:
+            sem = np.abs(sem + rng.normal(0, sigma, sem.shape) + 1j * rng.normal(0, sigma, sem.shape)).astype(np.float32)
+    vs = np.asarray(fine.voxel_size, float) * np.asarray(k)
+    placed = [{"label": r["label"], "subtype": r["subtype"], "rim": r["rim"]} for r in fine.lesion_table]
+    table = _lesion_table(placed, T["lesions"], T["chi_para"], T["chi_dia"], vs)
+    if table and [r["label"] for r in table] != list(range(1, len(table) + 1)):
+        lut = np.zeros(int(T["lesions"].max()) + 1, np.int16)
+        for j, r in enumerate(table):
+            lut[r["label"]] = j + 1
+            r["label"] = j + 1
+        T["lesions"] = lut[T["lesions"]]
+    params = dict(fine.params, simulated_at_mm=[float(x) for x in fine.voxel_size], block_average=list(k))
+    return SimulatedHead(affine=A_c, voxel_size=vs, b0_dir=fine.b0_dir, b0_t=fine.b0_t, te_s=fine.te_s,
+                         se_te_s=fine.se_te_s, seed=fine.seed, gre_mag=gm, gre_phase=gp, se_mag=sem, truth=T,
+                         lesion_table=table, size=fine.size, snr=snr, noise_sigma=sigma,
+                         phase_sign=fine.phase_sign, tilt_deg=fine.tilt_deg, params=params)
 
 
 def _gre(m0, r2star, f_hz, phi0, te, phase_sign, sigma, rng):
