@@ -228,3 +228,22 @@ def test_lbv_removes_a_harmonic_background_exactly(vs):
     assert me.sum() > 0.85 * m.sum() and not (me & ~m).any()
     assert np.all(out[~me] == 0)
     assert _nrmse(out, local, me) < 8.0
+
+
+def test_echo_fit_residual_flags_nonlinear_phase_and_reliable_mask_keeps_inner_voxels():
+    from chisep.preprocess import echo_fit_residual, reliable_mask
+
+    te = np.array([0.005, 0.011, 0.017, 0.023, 0.029])
+    shape = (20, 20, 20)
+    f = np.full(shape, 30.0)
+    unw = 2 * np.pi * f[..., None] * te
+    mag = np.ones(shape + (5,))
+    f[0:3] = 0.0                                            # surface slab: phase not linear in TE
+    unw[0:3] = np.array([0.0, 1.0, -0.5, 2.0, 0.3]) * 2 * np.pi
+    unw[10, 10, 10] = np.array([0.0, 1.0, -0.5, 2.0, 0.3])   # one inner voxel (a vein, say)
+    field, _ = combine_echoes(unw, mag, te, np.ones(shape), 1)
+    res = echo_fit_residual(unw, mag, te, field)
+    np.testing.assert_allclose(res[5:, 5:, 5:][res[5:, 5:, 5:] < 1], 0.0, atol=1e-4)
+    assert np.all(res[0:3] > 2.0) and res[10, 10, 10] > 2.0
+    rm = reliable_mask(np.ones(shape), res <= 2.0)
+    assert rm[0:3].sum() == 0 and rm[3:].all()              # surface slab out, inner voxel kept

@@ -71,6 +71,17 @@ def erode(mask: np.ndarray, radius_mm: float, voxel_size=(1.0, 1.0, 1.0)) -> np.
     return ndi.binary_erosion(mask.astype(bool), _ball(radius_mm, voxel_size))
 
 
+def reliable_mask(mask, reliable) -> np.ndarray:
+    """The part of ``mask`` where ``reliable`` holds, as one piece: the largest 6-connected component
+    of ``mask & reliable`` with its holes filled (unreliable voxels inside the brain, e.g. in veins,
+    stay; those on the surface, e.g. next to the sinuses, go). Returns uint8."""
+    m = (np.asarray(mask) > 0) & np.asarray(reliable, bool)
+    lab, n = ndi.label(m)
+    if n > 1:
+        m = lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:])))
+    return ndi.binary_fill_holes(m).astype(np.uint8)
+
+
 def dice(a, b) -> float:
     """Dice overlap of two binary masks."""
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
@@ -78,4 +89,4 @@ def dice(a, b) -> float:
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
 
 
-__all__ = ["brain_mask", "erode", "dice", "otsu_threshold", "physics"]
+__all__ = ["brain_mask", "erode", "dice", "otsu_threshold", "reliable_mask", "physics"]

@@ -7,8 +7,8 @@ from .. import physics
 from ..io import InputError
 from ..progress import scaled
 from .background import lbv, pdf, vsharp
-from .combine import combine_echoes
-from .mask import brain_mask
+from .combine import combine_echoes, echo_fit_residual
+from .mask import brain_mask, reliable_mask
 from .relaxometry import r2_from_se, r2star
 from .unwrap import unwrap_echoes
 
@@ -25,7 +25,7 @@ def _check(name, arr, ndim):
 def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_te_s=None, r2=None,
                    mask=None, phase_sign: int = 1, unwrap: str = "region-growing", bg_method: str = "vsharp",
                    vsharp_radius_mm: float = 12.0, b0_dir=None, bipolar: bool = False, phi0_smooth_mm: float = 1.0,
-                   progress=None) -> dict:
+                   max_fit_residual_hz: float | None = 2.0, progress=None) -> dict:
     """Raw multi-echo GRE (+ optional SE or R2 map) -> maps for chi-separation.
 
     Parameters
@@ -43,6 +43,9 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     b0_dir : (3,) B0 direction in the array frame (default from ``affine``; used by PDF).
     bipolar : remove odd/even echo phase offsets (bipolar readouts).
     phi0_smooth_mm : smoothing (mm) of the estimated phase offset phi0 (see :func:`unwrap_echoes`).
+    max_fit_residual_hz : surface voxels whose per-echo fields scatter more than this about the
+        combined field (:func:`echo_fit_residual`; intra-voxel dephasing in thick slices next to the
+        sinuses) are left out of background removal and of ``mask_eroded``; None keeps them.
     progress : optional ``progress(fraction, message)``.
 
     Returns
@@ -85,14 +88,20 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
                            progress=scaled(progress, 0.1, 0.45))
     p(0.45, "echo combination")
     field_hz, weight = combine_echoes(unw, mag, te, mask, phase_sign)
+    bg_mask = mask
+    if max_fit_residual_hz is not None:
+        resid = echo_fit_residual(unw, mag, te, field_hz, phase_sign)
+        bg_mask = reliable_mask(mask, resid <= float(max_fit_residual_hz))
+        if bg_mask.sum() < 0.5 * mask.sum():   # a poor fit almost everywhere: keep the mask as it is
+            bg_mask = mask
     del unw
     p(0.5, f"background field removal ({bg_method})")
     if bg_method == "vsharp":
-        local_hz, mask_eroded = vsharp(field_hz, mask, vs, max_radius_mm=vsharp_radius_mm)
+        local_hz, mask_eroded = vsharp(field_hz, bg_mask, vs, max_radius_mm=vsharp_radius_mm)
     elif bg_method == "lbv":
-        local_hz, mask_eroded = lbv(field_hz, mask, vs)
+        local_hz, mask_eroded = lbv(field_hz, bg_mask, vs)
     else:
-        local_hz, mask_eroded = pdf(field_hz, mask, vs, b0_dir, weight=weight)
+        local_hz, mask_eroded = pdf(field_hz, bg_mask, vs, b0_dir, weight=weight)
     out = {"local_field": physics.hz_to_ppm(local_hz, b0_t).astype(np.float32),
            "total_field_hz": field_hz, "field_weight": weight * mask_eroded,
            "mask": mask.astype(np.uint8), "mask_eroded": mask_eroded.astype(np.uint8),
