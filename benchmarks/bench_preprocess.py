@@ -8,7 +8,7 @@ phase jump (half a cycle or more at the last echo). "floor" is the NRMSE of V-SH
 noiseless *true* total field with the same mask (what background removal alone loses: harmonic parts
 of the truth local field near the brain surface); "d>6mm" evaluates only voxels deeper than 6 mm.
 "LBV %" is the NRMSE of LBV (:func:`chisep.preprocess.lbv`) applied to the same chain's total field
-in its own mask (the mask minus its one-voxel shell), "LBV>4mm %" in the mask eroded by 4 mm.
+on the same background-removal mask, in its own mask_eroded (that mask minus its one-voxel shell), "LBV>4mm %" in the mask eroded by 4 mm.
 
     python benchmarks/bench_preprocess.py [--seed 21]
 """
@@ -64,7 +64,7 @@ def main():
         err -= np.median(err)
         jumps = 100 * np.mean(np.abs(err) * h.te_s[-1] >= 0.5)
         t1 = time.perf_counter()
-        lb, lm = lbv(physics.hz_to_ppm(o["total_field_hz"], h.b0_t), o["mask"], h.voxel_size)
+        lb, lm = lbv(physics.hz_to_ppm(o["total_field_hz"], h.b0_t), o["mask_background"], h.voxel_size)
         t_lbv = time.perf_counter() - t1
         lm = (lm > 0) & (T["mask"] > 0)
         n_lbv = _nrmse(lb[lm], T["local_field"][lm])

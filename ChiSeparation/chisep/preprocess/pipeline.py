@@ -51,7 +51,8 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     Returns
     -------
     dict of 3-D float32 maps on the input grid: ``local_field`` (ppm, 0 outside ``mask_eroded``),
-    ``total_field_hz``, ``field_weight`` (0..1), ``mask``, ``mask_eroded`` (uint8), ``r2star`` (Hz),
+    ``total_field_hz``, ``field_weight`` (0..1), ``mask``, ``mask_eroded`` (uint8), ``mask_background``
+    (uint8, the mask background removal worked on), ``r2star`` (Hz),
     ``r2`` and ``r2prime`` (Hz, when SE or R2 is given), ``magnitude``.
     """
     mag = _check("GRE magnitude", mag, 4).astype(np.float32)
@@ -105,6 +106,7 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     out = {"local_field": physics.hz_to_ppm(local_hz, b0_t).astype(np.float32),
            "total_field_hz": field_hz, "field_weight": weight * mask_eroded,
            "mask": mask.astype(np.uint8), "mask_eroded": mask_eroded.astype(np.uint8),
+           "mask_background": np.asarray(bg_mask, np.uint8),
            "r2star": r2s, "magnitude": magnitude}
     p(0.9, "R2 and R2'")
     if se_mag is not None:
