@@ -645,6 +645,17 @@ def _lesion_table(placed, labels, chi_para, chi_dia, voxel_size):
     return rows
 
 
+def _renumber_lesions(table, labels):
+    """Relabel to 1..n in table order when some lesion fell off the grid (updates ``table`` in place)."""
+    if not table or [r["label"] for r in table] == list(range(1, len(table) + 1)):
+        return labels
+    lut = np.zeros(int(labels.max()) + 1, np.int16)
+    for j, r in enumerate(table):
+        lut[r["label"]] = j + 1
+        r["label"] = j + 1
+    return lut[labels]
+
+
 # --------------------------------------------------------------------------- validation
 def _check_args(seed, size, snr, b0_t, tilt_deg, voxel_size, te_s, se_te_s, phase_sign, n_lesions):
     if size not in _SIZES:
@@ -814,13 +825,7 @@ def simulate_head(seed: int = 1, size: str = "small", snr: Optional[float] = 100
     phi0 = (A["phi0"] * head).astype(np.float32)
     lesions = A["lesions"]
     table = _lesion_table(placed, lesions, A["chi_para"], A["chi_dia"], vs)
-    # relabel to 1..n in table order if some lesion fell off the grid
-    if table and [r["label"] for r in table] != list(range(1, len(table) + 1)):
-        lut = np.zeros(int(lesions.max()) + 1, np.int16)
-        for k, r in enumerate(table):
-            lut[r["label"]] = k + 1
-            r["label"] = k + 1
-        lesions = lut[lesions]
+    lesions = _renumber_lesions(table, lesions)
     truth = {
         "chi_para": A["chi_para"], "chi_dia": A["chi_dia"], "chi_total": chi_total,
         "local_field": local, "background_field": bg.astype(np.float32), "total_field": total,
@@ -909,12 +914,7 @@ def _block_average_head(fine: "SimulatedHead", k, snr) -> "SimulatedHead":
     vs = np.asarray(fine.voxel_size, float) * np.asarray(k)
     placed = [{"label": r["label"], "subtype": r["subtype"], "rim": r["rim"]} for r in fine.lesion_table]
     table = _lesion_table(placed, T["lesions"], T["chi_para"], T["chi_dia"], vs)
-    if table and [r["label"] for r in table] != list(range(1, len(table) + 1)):
-        lut = np.zeros(int(T["lesions"].max()) + 1, np.int16)
-        for j, r in enumerate(table):
-            lut[r["label"]] = j + 1
-            r["label"] = j + 1
-        T["lesions"] = lut[T["lesions"]]
+    T["lesions"] = _renumber_lesions(table, T["lesions"])
     params = dict(fine.params, simulated_at_mm=[float(x) for x in fine.voxel_size], block_average=list(k))
     return SimulatedHead(affine=A_c, voxel_size=vs, b0_dir=fine.b0_dir, b0_t=fine.b0_t, te_s=fine.te_s,
                          se_te_s=fine.se_te_s, seed=fine.seed, gre_mag=gm, gre_phase=gp, se_mag=sem, truth=T,

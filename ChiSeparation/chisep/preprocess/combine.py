@@ -4,6 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def _echo_weights(mag, te):
+    """Inverse-variance weights (TE_e m_e)^2 of the per-echo fields (see :func:`combine_echoes`)."""
+    return (np.asarray(mag, np.float64) * te) ** 2
+
+
 def combine_echoes(unwrapped, mag, te_s, mask, phase_sign: int = 1):
     """Weighted least-squares field from unwrapped phases (phi0 removed).
 
@@ -19,7 +24,7 @@ def combine_echoes(unwrapped, mag, te_s, mask, phase_sign: int = 1):
         field noise (sqrt(sum_e (TE_e m_e)^2)), scaled by its 99th percentile in the mask.
     """
     te = np.asarray(te_s, float)
-    w = (np.asarray(mag, np.float64) * te) ** 2
+    w = _echo_weights(mag, te)
     num = np.sum(w * unwrapped / (2 * np.pi * te), axis=-1)
     den = np.sum(w, axis=-1)
     m = mask > 0
@@ -47,7 +52,7 @@ def echo_fit_residual(unwrapped, mag, te_s, field_hz, phase_sign: int = 1):
     (X, Y, Z) float32, Hz (0 where all weights vanish).
     """
     te = np.asarray(te_s, float)
-    w = (np.asarray(mag, np.float64) * te) ** 2
+    w = _echo_weights(mag, te)
     fe = np.asarray(unwrapped, np.float64) / (2 * np.pi * te) * float(phase_sign)
     den = np.sum(w, axis=-1)
     ss = np.sum(w * (fe - np.asarray(field_hz, np.float64)[..., None]) ** 2, axis=-1)

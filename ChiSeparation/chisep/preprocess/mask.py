@@ -14,6 +14,15 @@ def _ball(radius_mm, voxel_size):
     return sum((gi * d / max(radius_mm, 1e-6)) ** 2 for gi, d in zip(g, vs)) <= 1.0
 
 
+def largest_component(mask) -> np.ndarray:
+    """The largest 6-connected component of a binary mask (bool; the mask itself if it has at most one)."""
+    m = np.asarray(mask, bool)
+    lab, n = ndi.label(m)
+    if n <= 1:
+        return m
+    return lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:])))
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of a 1-D sample."""
     hist, edges = np.histogram(values, bins=bins)
@@ -54,11 +63,9 @@ def brain_mask(magnitude: np.ndarray, voxel_size=(1.0, 1.0, 1.0), erode_mm: floa
     mask = m > threshold
     ball = _ball(erode_mm, voxel_size)
     core = ndi.binary_erosion(mask, ball)
-    lab, n = ndi.label(core)
-    if n == 0:
+    if not core.any():
         return mask.astype(np.uint8)
-    sizes = ndi.sum(core, lab, index=np.arange(1, n + 1))
-    core = lab == (1 + int(np.argmax(sizes)))
+    core = largest_component(core)
     out = ndi.binary_dilation(core, ball) & mask
     out = ndi.binary_fill_holes(out)
     return out.astype(np.uint8)
@@ -76,10 +83,7 @@ def reliable_mask(mask, reliable) -> np.ndarray:
     of ``mask & reliable`` with its holes filled (unreliable voxels inside the brain, e.g. in veins,
     stay; those on the surface, e.g. next to the sinuses, go). Returns uint8."""
     m = (np.asarray(mask) > 0) & np.asarray(reliable, bool)
-    lab, n = ndi.label(m)
-    if n > 1:
-        m = lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:])))
-    return ndi.binary_fill_holes(m).astype(np.uint8)
+    return ndi.binary_fill_holes(largest_component(m)).astype(np.uint8)
 
 
 def dice(a, b) -> float:
@@ -89,4 +93,4 @@ def dice(a, b) -> float:
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
 
 
-__all__ = ["brain_mask", "erode", "dice", "otsu_threshold", "reliable_mask", "physics"]
+__all__ = ["brain_mask", "erode", "dice", "largest_component", "otsu_threshold", "reliable_mask", "physics"]
