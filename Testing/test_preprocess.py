@@ -225,9 +225,35 @@ def test_lbv_removes_a_harmonic_background_exactly(vs):
     assert np.abs(bg[m]).max() > 50 * np.abs(local[m]).std()
     out, me = lbv(bg + local, m, vs)
     me = me > 0
-    assert me.sum() > 0.85 * m.sum() and not (me & ~m).any()
+    assert me.sum() > 0.8 * m.sum() and not (me & ~m).any()     # minus the 18-neighbour shell
     assert np.all(out[~me] == 0)
     assert _nrmse(out, local, me) < 8.0
+
+
+@pytest.mark.parametrize("vs", [(1.0, 1.0, 1.0), (1.0, 1.0, 2.0)])
+def test_lbv_compact_stencil_removes_a_steep_background(vs):
+    """Air-like spheres (-9.4 ppm) a few mm outside a spherical mask give a steep background
+    (analytic, exactly harmonic in the mask, ~2000x the local field's SD) that is far from
+    harmonic for the 7-point Laplacian: the fourth-order compact stencil removes it ~10-100x better."""
+    vs = np.asarray(vs)
+    shape = tuple(int(round(72 / v)) for v in vs)
+    c = (np.array(shape) - 1) / 2 * vs
+    x = np.meshgrid(*[np.arange(n) * v - cc for n, v, cc in zip(shape, vs, c)], indexing="ij")
+    m = (x[0] ** 2 + x[1] ** 2 + x[2] ** 2) <= 26 ** 2
+    chi = 0.05 * (((x[0] - 3) ** 2 + (x[1] + 2) ** 2 + (x[2] - 4) ** 2) <= 25)
+    local = physics.forward_field(chi, vs, (0.0, 0.0, 1.0), pad_factor=2.0)
+    bg = np.zeros(shape)
+    for cen, r in (((0.0, 0.0, 33.0), 5.0), ((0.0, 31.0, 0.0), 4.0), ((24.0, 0.0, -24.0), 4.0)):
+        bg += physics.sphere_field_analytic(shape, vs, c + np.array(cen), r, -9.4)[0]
+    assert np.ptp(bg[m]) > 1000 * local[m].std()
+    err = {}
+    for st in ("7-point", "compact"):
+        out, me = lbv(bg + local, m, vs, stencil=st)
+        err[st] = _nrmse(out, local, me > 0)
+    assert err["compact"] < 8.0
+    assert err["7-point"] > 3 * err["compact"]
+    with pytest.raises(ValueError, match="stencil"):
+        lbv(bg, m, vs, stencil="9-point")
 
 
 def test_echo_fit_residual_flags_nonlinear_phase_and_reliable_mask_keeps_inner_voxels():

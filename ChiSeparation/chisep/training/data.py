@@ -378,7 +378,7 @@ def make_shapes_volume(seed: int, n: int = 96, snr: float | None = None, b0_t: f
 
 # --------------------------------------------------------------------------- cache building
 def _job(args):
-    kind, seed, out_dir, size = args
+    kind, seed, out_dir, size, n_lesions = args
     name = {"head": f"head_{seed:05d}", "val": f"val_{seed:05d}", "shapes": f"shapes_{seed:05d}"}[kind]
     path = Path(out_dir) / f"{name}.npz"
     if path.exists():
@@ -389,7 +389,8 @@ def _job(args):
         pass
     t0 = time.time()
     try:
-        arrays = make_shapes_volume(seed) if kind == "shapes" else make_head_volume(seed, size=size)
+        arrays = (make_shapes_volume(seed) if kind == "shapes" else
+                  make_head_volume(seed, size=size, n_lesions=n_lesions if kind == "head" else None))
     except Exception as exc:  # noqa: BLE001 - a failing volume must not stop the cache
         import traceback
         traceback.print_exc()
@@ -413,18 +414,22 @@ def _seeds(spec):
 
 
 def build_cache(out_dir, heads=(), val=(), shapes=(), workers: int = 1, size: str = "full",
-                log=print):
-    """Build (or complete) a cache: validation heads first, then training heads and shapes interleaved."""
+                log=print, n_lesions: int | None = None):
+    """Build (or complete) a cache: validation heads first, then training heads and shapes interleaved.
+
+    ``n_lesions`` overrides the per-seed lesion count (10-30, :func:`head_params`) of the training
+    heads, e.g. 60 for lesion-rich heads; validation heads keep theirs.
+    """
     for s in list(heads) + list(shapes):
         if 900 <= s <= 999 and s in heads:
             raise ValueError("seeds 900-999 are reserved for validation")
-    jobs = [("val", s, str(out_dir), size) for s in val]
+    jobs = [("val", s, str(out_dir), size, None) for s in val]
     h, sh = list(heads), list(shapes)
     while h or sh:
         if h:
-            jobs.append(("head", h.pop(0), str(out_dir), size))
+            jobs.append(("head", h.pop(0), str(out_dir), size, n_lesions))
         if sh:
-            jobs.append(("shapes", sh.pop(0), str(out_dir), size))
+            jobs.append(("shapes", sh.pop(0), str(out_dir), size, None))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if workers <= 1:
@@ -652,9 +657,11 @@ def main(argv=None):
     ap.add_argument("--shapes", default="", help="random-shape volume seeds, e.g. 5000-5011")
     ap.add_argument("--size", default="full", choices=("small", "full"))
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--lesions", type=int, default=None,
+                    help="lesions per training head (default: 10-30, drawn per seed)")
     a = ap.parse_args(argv)
     build_cache(a.out, _seeds(a.heads), _seeds(a.val), _seeds(a.shapes), a.workers, a.size,
-                log=lambda m: print(m, flush=True))
+                log=lambda m: print(m, flush=True), n_lesions=a.lesions)
     return 0
 
 
