@@ -150,3 +150,21 @@ def test_r2prime_net_and_cli_export(tmp_path):
     w = load_weights(dst)
     assert dst.stat().st_size < 1_000_000
     assert w is not None
+
+
+def test_build_cache_passes_the_lesion_count_to_training_heads_only(tmp_path, monkeypatch):
+    """``--lesions`` reaches the training heads (lesion-rich heads), not the validation heads."""
+    from chisep.training import data as D
+
+    calls = []
+
+    def fake_head(seed, size="full", snr=None, n_lesions=None):
+        calls.append((seed, n_lesions))
+        return {"x": np.zeros(2, np.float16)}
+
+    monkeypatch.setattr(D, "make_head_volume", fake_head)
+    D.build_cache(tmp_path, heads=[1010, 1011], val=[900], workers=1, size="small", log=lambda m: None,
+                  n_lesions=60)
+    assert sorted(calls) == [(900, None), (1010, 60), (1011, 60)]
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["head_01010.npz", "head_01011.npz", "val_00900.npz"]
+    assert D.head_params(1010)["n_lesions"] in range(10, 31)
