@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import InputError, atomic_output_dir, load_nifti, save_nifti, write_json
+from ..preprocess.pipeline import BG_METHODS
 from ..progress import make_progress
 
 #: output file (without .nii.gz) -> unit
@@ -40,7 +41,8 @@ def add_parser(sub):
     p.add_argument("--phase-sign", type=int, choices=(1, -1),
                    help="+1: phase grows with frequency (default, or sidecar PhaseSign); -1: the other vendor sense")
     p.add_argument("--unwrap", choices=("laplacian", "region-growing"), default="region-growing")
-    p.add_argument("--bg-method", choices=("vsharp", "lbv", "pdf"), default="vsharp")
+    p.add_argument("--bg-method", choices=BG_METHODS, default="vsharp",
+                   help="background field removal (lbv-qsm: LBV plus the local field's boundary values from a first QSM)")
     p.add_argument("--vsharp-radius", type=float, default=12.0, metavar="MM", help="largest V-SHARP radius (mm)")
     p.add_argument("--bipolar", action="store_true", help="remove odd/even echo phase offsets (bipolar readout)")
     p.add_argument("--progress", choices=("text", "json", "none"), default="text")

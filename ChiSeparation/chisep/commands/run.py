@@ -9,6 +9,7 @@ import numpy as np
 
 from ..io import InputError, load_nifti
 from ..pipeline import METHODS, Maps, preprocess_raw, separate, write_maps
+from ..preprocess.pipeline import BG_METHODS
 from ..progress import make_progress, scaled
 
 HELP = """Chi-separation of one subject.
@@ -37,8 +38,8 @@ def add_parser(sub):
                      help="+1 if phase increases with frequency (default, or the sidecar's PhaseSign), -1 for the other vendor sense")
     raw.add_argument("--unwrap", choices=("laplacian", "region-growing"), default="region-growing",
                      help="spatial unwrapping of the first echo difference (default region-growing)")
-    raw.add_argument("--bg-method", choices=("vsharp", "lbv", "pdf"), default="vsharp",
-                     help="background field removal: vsharp (default; what the shipped weights were trained on), lbv or pdf")
+    raw.add_argument("--bg-method", choices=BG_METHODS, default="vsharp",
+                     help="background field removal: vsharp (default; what the shipped weights were trained on), lbv, lbv-qsm or pdf")
     proc = p.add_argument_group("processed inputs")
     proc.add_argument("--local-field", metavar="F", help="local (tissue) field map")
     proc.add_argument("--field-unit", choices=("hz", "ppm", "rad"), default=None, help="unit of --local-field")

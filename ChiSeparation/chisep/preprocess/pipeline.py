@@ -6,11 +6,14 @@ import numpy as np
 from .. import physics
 from ..io import InputError
 from ..progress import scaled
-from .background import lbv, pdf, vsharp
+from .background import lbv, lbv_qsm, pdf, vsharp
 from .combine import combine_echoes, echo_fit_residual
 from .mask import brain_mask, reliable_mask
 from .relaxometry import r2_from_se, r2star
 from .unwrap import unwrap_echoes
+
+#: background-field removal methods of :func:`preprocess_gre`
+BG_METHODS = ("vsharp", "lbv", "lbv-qsm", "pdf")
 
 
 def _check(name, arr, ndim):
@@ -38,7 +41,8 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     r2 : optional R2 map (Hz) instead of the SE.
     mask : optional brain mask (overrides the automatic one).
     phase_sign : +1 if phase increases with frequency, -1 for the opposite vendor convention.
-    unwrap : "laplacian" or "region-growing"; bg_method : "vsharp", "lbv" or "pdf".
+    unwrap : "laplacian" or "region-growing"; bg_method : "vsharp", "lbv", "lbv-qsm" (LBV with the
+        local field's boundary values estimated from a first QSM) or "pdf".
     vsharp_radius_mm : largest V-SHARP radius (mm).
     b0_dir : (3,) B0 direction in the array frame (default from ``affine``; used by PDF).
     bipolar : remove odd/even echo phase offsets (bipolar readouts).
@@ -66,8 +70,8 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
         raise InputError("chi-separation needs at least 2 GRE echoes (3 or more for a good R2*)")
     if not np.any(phase):
         raise InputError("the GRE phase is zero everywhere")
-    if bg_method not in ("vsharp", "lbv", "pdf"):
-        raise InputError(f"unknown background removal {bg_method!r}; use vsharp, lbv or pdf")
+    if bg_method not in BG_METHODS:
+        raise InputError(f"unknown background removal {bg_method!r}; use one of {', '.join(BG_METHODS)}")
     vs = physics.voxel_size_from_affine(affine)
     b0_dir = physics.b0_direction_from_affine(affine) if b0_dir is None else np.asarray(b0_dir, float)
     p = progress or (lambda f, m="": None)
@@ -101,6 +105,8 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
         local_hz, mask_eroded = vsharp(field_hz, bg_mask, vs, max_radius_mm=vsharp_radius_mm)
     elif bg_method == "lbv":
         local_hz, mask_eroded = lbv(field_hz, bg_mask, vs)
+    elif bg_method == "lbv-qsm":
+        local_hz, mask_eroded = lbv_qsm(field_hz, bg_mask, vs, b0_dir)
     else:
         local_hz, mask_eroded = pdf(field_hz, bg_mask, vs, b0_dir, weight=weight)
     out = {"local_field": physics.hz_to_ppm(local_hz, b0_t).astype(np.float32),
