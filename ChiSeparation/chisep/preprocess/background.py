@@ -183,8 +183,9 @@ def lbv(field, mask, voxel_size=(1.0, 1.0, 1.0), peel_mm: float = 0.0, tol: floa
     boundary values, largest near the surface, hence ``peel_mm``. A second error is the
     discretisation: a steep background (sinuses, skull base) is not exactly harmonic for a
     finite-difference Laplacian and leaks into the local field; the default fourth-order compact
-    stencil (:func:`laplacian_stencil`) makes that leak about ten times smaller than the classic
-    7-point stencil on simulated heads.
+    stencil (:func:`laplacian_stencil`) makes that leak smaller than the classic 7-point stencil
+    does (noiseless simulated head, seed 21: 23 % -> 10 % of the local field's norm; air-like
+    spheres next to a spherical mask: 29 % -> 0.3 %).
 
     Parameters
     ----------
@@ -244,35 +245,6 @@ def lbv(field, mask, voxel_size=(1.0, 1.0, 1.0), peel_mm: float = 0.0, tol: floa
     A = A + sparse.diags(np.full(n, diag))
     x, _ = splinalg.cg(A, rhs, x0=fb[inner], M=sparse.diags(np.full(n, 1.0 / diag)), rtol=tol,
                        maxiter=max_iter)
-    local = np.zeros(mb.shape)
-    local[inner] = fb[inner] - x
-    valid = erode(inner, peel_mm, vs) if peel_mm > 0 else inner
-    out[sl] = (local * valid).astype(np.float32)
-    me[sl] = valid
-    return out, me
-    ids = np.full(mb.shape, -1, np.int64)
-    ids[inner] = np.arange(n)
-    idx = np.argwhere(inner)
-    own = np.arange(n)
-    diag = np.zeros(n)
-    rhs = np.zeros(n)
-    rows, cols, vals = [], [], []
-    for ax in range(3):
-        h2 = 1.0 / vs[ax] ** 2
-        for step in (-1, 1):
-            nb = idx.copy()
-            nb[:, ax] += step
-            nid = ids[nb[:, 0], nb[:, 1], nb[:, 2]]
-            diag += h2
-            unknown = nid >= 0
-            rows.append(own[unknown])
-            cols.append(nid[unknown])
-            vals.append(np.full(int(unknown.sum()), -h2))
-            bnd = nb[~unknown]                   # Dirichlet neighbours: the total field there
-            np.add.at(rhs, own[~unknown], h2 * fb[bnd[:, 0], bnd[:, 1], bnd[:, 2]])
-    A = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    A = A + sparse.diags(diag)
-    x, _ = splinalg.cg(A, rhs, x0=fb[inner], M=sparse.diags(1.0 / diag), rtol=tol, maxiter=max_iter)
     local = np.zeros(mb.shape)
     local[inner] = fb[inner] - x
     valid = erode(inner, peel_mm, vs) if peel_mm > 0 else inner
