@@ -288,3 +288,27 @@ def test_echo_fit_residual_flags_nonlinear_phase_and_reliable_mask_keeps_inner_v
     assert np.all(res[0:3] > 2.0) and res[10, 10, 10] > 2.0
     rm = reliable_mask(np.ones(shape), res <= 2.0)
     assert rm[0:3].sum() == 0 and rm[3:].all()              # surface slab out, inner voxel kept
+
+
+@pytest.mark.parametrize("vs", [(1.0, 1.0, 1.0), (0.8, 1.0, 2.0)])
+def test_compact_laplacian_is_exact_on_harmonic_quartics(vs):
+    """The compact stencil annihilates harmonic polynomials up to degree 5 (fourth-order for
+    harmonic functions, anisotropic voxels included); the 7-point stencil does not (quartics)."""
+    from chisep.preprocess.background import laplacian_stencil
+
+    vs = np.asarray(vs)
+    x = np.meshgrid(*[(np.arange(9) - 4) * v + o for v, o in zip(vs, (0.3, -0.7, 1.1))], indexing="ij")
+    polys = [x[0] ** 4 - 6 * x[0] ** 2 * x[2] ** 2 + x[2] ** 4,          # Re (x + i z)^4
+             x[0] ** 3 * x[1] - x[0] * x[1] ** 3,                        # Im (x + i y)^4 / 4
+             x[0] * x[1] * x[2] * (x[0] ** 2 - x[1] ** 2),               # degree 5
+             x[0] ** 2 - x[2] ** 2 + 3 * x[1] * x[2]]
+
+    def apply(st, u):
+        return sum(c * u[4 + o[0], 4 + o[1], 4 + o[2]] for o, c in st.items())
+
+    compact, seven = laplacian_stencil(vs, "compact"), laplacian_stencil(vs, "7-point")
+    assert len(compact) == 19 and len(seven) == 7
+    assert abs(sum(compact.values())) < 1e-12
+    for u in polys:
+        assert abs(apply(compact, u)) < 1e-9
+    assert abs(apply(seven, polys[0])) > 1.0
