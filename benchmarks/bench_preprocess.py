@@ -67,23 +67,23 @@ def main():
         err = o["total_field_hz"][m] - physics.ppm_to_hz(T["total_field"][m], h.b0_t)
         err -= np.median(err)
         jumps = 100 * np.mean(np.abs(err) * h.te_s[-1] >= 0.5)
+        total_ppm = physics.hz_to_ppm(o["total_field_hz"], h.b0_t)
+        deep4 = erode(o["mask"] > 0, 4.0, h.voxel_size)
+
+        def score(local, valid):
+            """NRMSE in the method's own eroded mask and in that mask deeper than 4 mm."""
+            v = (valid > 0) & (T["mask"] > 0)
+            return tuple(_nrmse(local[s_], T["local_field"][s_]) for s_ in (v, v & deep4))
+
         t1 = time.perf_counter()
-        lb, lm = lbv(physics.hz_to_ppm(o["total_field_hz"], h.b0_t), o["mask_background"], h.voxel_size)
+        lb, lm = lbv(total_ppm, o["mask_background"], h.voxel_size)
         t_lbv = time.perf_counter() - t1
-        lm = (lm > 0) & (T["mask"] > 0)
-        n_lbv = _nrmse(lb[lm], T["local_field"][lm])
-        lm4 = lm & erode(o["mask"] > 0, 4.0, h.voxel_size)
-        n_lbv4 = _nrmse(lb[lm4], T["local_field"][lm4])
-        l7, m7 = lbv(physics.hz_to_ppm(o["total_field_hz"], h.b0_t), o["mask_background"], h.voxel_size,
-                     stencil="7-point")
-        m7 = (m7 > 0) & (T["mask"] > 0)
-        n_7, n_74 = (_nrmse(l7[s_], T["local_field"][s_]) for s_ in (m7, m7 & erode(o["mask"] > 0, 4.0, h.voxel_size)))
+        n_lbv, n_lbv4 = score(lb, lm)
+        n_7, n_74 = score(*lbv(total_ppm, o["mask_background"], h.voxel_size, stencil="7-point"))
         t2 = time.perf_counter()
-        lq, mq = lbv_qsm(physics.hz_to_ppm(o["total_field_hz"], h.b0_t), o["mask_background"], h.voxel_size,
-                         physics.b0_direction_from_affine(h.affine))
+        lq, mq = lbv_qsm(total_ppm, o["mask_background"], h.voxel_size, physics.b0_direction_from_affine(h.affine))
         t_q = time.perf_counter() - t2
-        mq = (mq > 0) & (T["mask"] > 0)
-        n_q, n_q4 = (_nrmse(lq[s_], T["local_field"][s_]) for s_ in (mq, mq & erode(o["mask"] > 0, 4.0, h.voxel_size)))
+        n_q, n_q4 = score(lq, mq)
         print(f"{name:<22}{t:>8.1f}{dice(o['mask'], T['mask']):>7.3f}{nrmse:>15.1f}{nrmse_core:>8.1f}{floor:>9.1f}{nr_deep:>9.1f}{rel['r2star']:>11.2f}"
               f"{rel['r2']:>10.2f}{jumps:>9.3f}{n_lbv:>7.1f}{n_lbv4:>10.1f}{t_lbv:>7.1f}{n_7:>7.1f}{n_74:>10.1f}{n_q:>10.1f}{n_q4:>14.1f}{t_q:>5.0f}", flush=True)
 

@@ -9,6 +9,7 @@ import scipy.sparse as sparse
 import scipy.sparse.linalg as splinalg
 
 from .. import physics
+from .mask import erode
 
 
 def _bbox(mask, margin):
@@ -202,33 +203,40 @@ def lbv(field, mask, voxel_size=(1.0, 1.0, 1.0), peel_mm: float = 0.0, tol: floa
     local : (X, Y, Z) float32, zero outside ``mask_eroded``.
     mask_eroded : (X, Y, Z) uint8, where the local field is valid.
     """
-    from .mask import erode
-
     vs = np.broadcast_to(np.asarray(voxel_size, float), (3,))
+    solve, inner = _lbv_solver(mask, vs, stencil, tol, max_iter)
+    valid = erode(inner, peel_mm, vs) if peel_mm > 0 else inner
+    return (solve(field) * valid).astype(np.float32), valid.astype(np.uint8)
+
+
+def _lbv_solver(mask, vs, stencil, tol, max_iter):
+    """Assemble LBV's Dirichlet problem on ``mask`` once; return ``(solve, inner)``.
+
+    ``solve(field)`` gives ``field`` minus the discrete-harmonic function with ``field``'s values on
+    the mask's shell (float64, zero outside ``inner``); ``inner`` (bool) are the unknowns: voxels all
+    of whose stencil neighbours lie in the mask, the rest of the mask being the one-voxel shell.
+    """
     st = laplacian_stencil(vs, stencil)
     m = np.asarray(mask) > 0
     if not m.any():
         raise ValueError("LBV needs a non-empty mask")
     sl = _bbox(m, 1)
     mb = m[sl]
-    fb = np.asarray(field, np.float64)[sl]
-    # unknowns: voxels all of whose stencil neighbours lie in the mask; the rest of the mask is
-    # the Dirichlet shell (one voxel thick)
     foot = np.zeros((3, 3, 3), bool)
     for off in st:
         foot[off[0] + 1, off[1] + 1, off[2] + 1] = True
-    inner = ndi.binary_erosion(mb, structure=foot)
-    n = int(inner.sum())
-    out = np.zeros(m.shape, np.float32)
-    me = np.zeros(m.shape, np.uint8)
+    inner_b = ndi.binary_erosion(mb, structure=foot)
+    inner = np.zeros(m.shape, bool)
+    inner[sl] = inner_b
+    n = int(inner_b.sum())
     if n == 0:
-        return out, me
+        return (lambda field: np.zeros(m.shape)), inner
     ids = np.full(mb.shape, -1, np.int64)
-    ids[inner] = np.arange(n)
-    idx = np.argwhere(inner)
+    ids[inner_b] = np.arange(n)
+    idx = np.argwhere(inner_b)
     own = np.arange(n)
-    rhs = np.zeros(n)
     rows, cols, vals = [], [], []
+    brows, bcols, bvals = [], [], []            # Dirichlet neighbours: rhs = B @ field (box, flat)
     diag = -st[(0, 0, 0)]                       # the matrix is minus the Laplacian (SPD)
     for off, c in st.items():
         if off == (0, 0, 0):
@@ -239,18 +247,23 @@ def lbv(field, mask, voxel_size=(1.0, 1.0, 1.0), peel_mm: float = 0.0, tol: floa
         rows.append(own[unknown])
         cols.append(nid[unknown])
         vals.append(np.full(int(unknown.sum()), -c))
-        bnd = nb[~unknown]                       # Dirichlet neighbours: the total field there
-        np.add.at(rhs, own[~unknown], c * fb[bnd[:, 0], bnd[:, 1], bnd[:, 2]])
+        brows.append(own[~unknown])
+        bcols.append(np.ravel_multi_index(tuple(nb[~unknown].T), mb.shape))
+        bvals.append(np.full(int((~unknown).sum()), c))
     A = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
     A = A + sparse.diags(np.full(n, diag))
-    x, _ = splinalg.cg(A, rhs, x0=fb[inner], M=sparse.diags(np.full(n, 1.0 / diag)), rtol=tol,
-                       maxiter=max_iter)
-    local = np.zeros(mb.shape)
-    local[inner] = fb[inner] - x
-    valid = erode(inner, peel_mm, vs) if peel_mm > 0 else inner
-    out[sl] = (local * valid).astype(np.float32)
-    me[sl] = valid
-    return out, me
+    B = sparse.csr_matrix((np.concatenate(bvals), (np.concatenate(brows), np.concatenate(bcols))),
+                          shape=(n, mb.size))
+    M = sparse.diags(np.full(n, 1.0 / diag))
+
+    def solve(field):
+        fb = np.asarray(field, np.float64)[sl]
+        x, _ = splinalg.cg(A, B @ fb.ravel(), x0=fb[inner_b], M=M, rtol=tol, maxiter=max_iter)
+        local = np.zeros(m.shape)
+        local[sl][inner_b] = fb[inner_b] - x
+        return local
+
+    return solve, inner
 
 
 def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 0.1,
@@ -284,17 +297,12 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
 
     vs = np.broadcast_to(np.asarray(voxel_size, float), (3,))
     m = np.asarray(mask) > 0
-    f1, me = lbv(field, m, vs, stencil=stencil)
-    inner = me > 0
-    if not inner.any():
-        return f1, me
-    chi = qsm_closed_form(f1, inner, vs, b0_dir, lam=lam)
-    chi = (chi - np.median(chi[inner])) * m
-    f_chi = physics.forward_field(chi, vs, b0_dir, pad_factor=1.5)
-    h = f_chi - lbv(f_chi, m, vs, stencil=stencil)[0]
-    valid = inner
-    if peel_mm > 0:
-        from .mask import erode
-        valid = erode(inner, peel_mm, vs)
-    local = ((f1 + h) * valid).astype(np.float32)
-    return local, valid.astype(np.uint8)
+    solve, inner = _lbv_solver(m, vs, stencil, 1e-7, 3000)   # one assembly for both solves
+    f1 = solve(field)
+    if inner.any():
+        chi = qsm_closed_form(f1, inner, vs, b0_dir, lam=lam)
+        chi = (chi - np.median(chi[inner])) * m
+        f_chi = physics.forward_field(chi, vs, b0_dir, pad_factor=1.5)
+        f1 = f1 + (f_chi - solve(f_chi))
+    valid = erode(inner, peel_mm, vs) if peel_mm > 0 else inner
+    return (f1 * valid).astype(np.float32), valid.astype(np.uint8)

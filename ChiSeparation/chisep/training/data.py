@@ -390,7 +390,7 @@ def _job(args):
     t0 = time.time()
     try:
         arrays = (make_shapes_volume(seed) if kind == "shapes" else
-                  make_head_volume(seed, size=size, n_lesions=n_lesions if kind == "head" else None))
+                  make_head_volume(seed, size=size, n_lesions=n_lesions))
     except Exception as exc:  # noqa: BLE001 - a failing volume must not stop the cache
         import traceback
         traceback.print_exc()
