@@ -2,6 +2,8 @@
 
 Tiny random-initialised networks test the machinery numerically (not trained accuracy).
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -164,6 +166,25 @@ def test_missing_builtin_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "chisepnet_r2prime.md").write_text("# model card\n")
     ws = W.load_builtin("chisepnet-r2prime")
     assert ws.width == 2 and ws.info()["model_card"].endswith("chisepnet_r2prime.md")
+
+
+def test_r2star_pipeline_uses_its_own_builtin_chisepnet_when_installed(tmp_path, monkeypatch):
+    from chisep.network.inference import resolve_weights
+
+    monkeypatch.setenv("CHISEP_WEIGHTS_DIR", str(tmp_path))
+    norm = W.PUBLISHED_NORMALISATION
+    W.save_weights(_net(width=2, seed=1), tmp_path / W.BUILTIN_FILES["chisepnet-r2prime"], "chisepnet-r2prime", norm)
+    W.save_weights(_net(1, 1, width=2), tmp_path / W.BUILTIN_FILES["r2prime-from-r2star"], "r2prime-from-r2star", norm)
+    # without the variant both pipelines share the chi-sepnet
+    a = resolve_weights("chisepnet-r2star")["chisepnet"]
+    assert Path(a.path).name == W.BUILTIN_FILES["chisepnet-r2prime"]
+    W.save_weights(_net(width=2, seed=2), tmp_path / W.BUILTIN_R2STAR_CHISEPNET, "chisepnet-r2prime", norm)
+    assert Path(resolve_weights("chisepnet-r2star")["chisepnet"].path).name == W.BUILTIN_R2STAR_CHISEPNET
+    assert Path(resolve_weights("chisepnet-r2prime")["chisepnet"].path).name == W.BUILTIN_FILES["chisepnet-r2prime"]
+    # weights the user gives win over both built-ins
+    own = tmp_path / "own.safetensors"
+    W.save_weights(_net(width=2, seed=3), own, "chisepnet-r2prime", norm)
+    assert Path(resolve_weights("chisepnet-r2star", {"chisepnet": own})["chisepnet"].path) == own
 
 
 def test_default_builtin_dir_is_the_repo_resources(monkeypatch):

@@ -168,3 +168,76 @@ def test_build_cache_passes_the_lesion_count_to_training_heads_only(tmp_path, mo
     assert sorted(calls) == [(900, None), (1010, 60), (1011, 60)]
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["head_01010.npz", "head_01011.npz", "val_00900.npz"]
     assert D.head_params(1010)["n_lesions"] in range(10, 31)
+
+
+def _lesioned_cache(tmp_path, n=32):
+    """A one-head cache whose 'lesion' is a 3x3x3 cube at the mask's edge, plus r2p_pred."""
+    p = loop.shapes_patch(31, n)
+    arrays = {k: v.astype(np.float16) for k, v in p.items() if k in D.MAP_KEYS}
+    for k in D.MASK_KEYS:
+        arrays[k] = (p["mask"] > 0).astype(np.uint8)
+    les = np.zeros((n, n, n), np.uint8)
+    c = np.argwhere(arrays["mask"] > 0)
+    c = c[np.argmax(np.abs(c - n // 2).sum(1))]      # the mask voxel farthest from the centre
+    les[tuple(slice(max(a - 1, 0), a + 2) for a in c)] = 1
+    arrays["lesion"] = les & arrays["mask"]
+    arrays["r2p_pred"] = (2.0 * p["r2p"]).astype(np.float16)
+    arrays["meta"] = np.array(json.dumps({"kind": "head", "seed": 31}))
+    D._save_atomic(tmp_path / "head_00031.npz", arrays)
+    return arrays
+
+
+def test_lesion_centred_sampling_and_lesion_weighted_loss(tmp_path):
+    arrays = _lesioned_cache(tmp_path)
+    assert arrays["lesion"].sum() > 0
+    vols = D.load_cache(tmp_path, "train")
+    assert len(vols[0].lesion_centres) == int(arrays["lesion"].sum())
+    keys = D.keys_for("chisepnet-r2prime", lesion=True)
+    s = D.PatchSampler(vols, patch=16, p_shapes=0.0, seed=2, keys=keys, p_lesion=1.0, flips=False,
+                       scale_range=None)
+    b = s.batch(0, 8)
+    # every patch is centred within a quarter patch of a lesion voxel, so it holds lesion voxels
+    assert all(b["lesion"][i].sum() > 0 for i in range(8))
+    s0 = D.PatchSampler(vols, patch=16, p_shapes=0.0, seed=2, keys=keys, p_lesion=0.0)
+    frac0 = np.mean([s0.batch(k, 4)["lesion"].sum(axis=(1, 2, 3, 4)) > 0 for k in range(5)])
+    assert frac0 < 1.0
+    # a head without lesions cannot serve lesion-centred sampling
+    with pytest.raises(ValueError, match="add-lesions"):
+        D.PatchSampler([v for v in vols if False] + [D.Volume({k: a for k, a in arrays.items() if k != "lesion"})],
+                       p_lesion=0.5)
+    # the lesion voxels count lesion_weight times in the L1 term: a weighted mean
+    m = torch.ones(1, 1, 4, 4, 4)
+    les = torch.zeros_like(m)
+    les[..., :2, :, :] = 1                     # half the voxels
+    pred = torch.zeros(1, 2, 4, 4, 4)
+    tgt = torch.zeros_like(pred)
+    tgt[:, :, :2] = 1.0                        # error 1 in lesion voxels, 0 elsewhere
+    nrm = ((0.0, 1.0), (0.0, 1.0))
+    w = L.LossWeights(1.0, 0.0, 0.0, 0.0, 0.0)
+    _, p1 = L.chisep_loss(pred, tgt, m, nrm, weights=w)
+    _, p3 = L.chisep_loss(pred, tgt, m, nrm, weights=w, lesion=les, lesion_weight=3.0)
+    assert p1["l1"] == pytest.approx(0.5)
+    assert p3["l1"] == pytest.approx(3.0 / 4.0)  # (3 * 32) / (3 * 32 + 32)
+
+
+def test_r2star_chisepnet_trains_on_the_predicted_r2prime(tmp_path):
+    arrays = _lesioned_cache(tmp_path)
+    vols = D.load_cache(tmp_path, "train")
+    keys = D.keys_for("chisepnet-r2prime", r2prime_key="r2p_pred")
+    assert "r2p_pred" in keys and "r2p" not in keys
+    b = D.PatchSampler(vols, patch=16, p_shapes=0.0, seed=1, keys=keys, scale_range=None,
+                       flips=False).batch(0, 1)
+    norm = {c: [0.0, 1.0] for c in D.CHISEP_INPUTS + D.CHISEP_OUTPUTS}
+    x, _, t = loop.to_tensors(b, "chisepnet-r2prime", norm, "cpu", r2prime_key="r2p_pred")
+    m = b["mask"][0, 0] > 0
+    # the third input channel and the physics term's R2' are the predicted map
+    assert np.allclose(x[0, 2].numpy()[m], b["r2p_pred"][0, 0].astype(np.float32)[m])
+    assert np.allclose(t["r2p"][0, 0].numpy(), b["r2p_pred"][0, 0].astype(np.float32))
+    # and a training run reads it from the cache
+    cfg = loop.TrainConfig(out=str(tmp_path / "run"), cache=str(tmp_path), width=4, steps=4, batch=2,
+                           patch=16, threads=1, val_every=0, ckpt_every=0, log_every=2, p_shapes=0.0,
+                           r2prime_key="r2p_pred", p_lesion=0.5, lesion_weight=4.0, snapshot_every=2)
+    s = loop.train(cfg, log=lambda m: None)
+    assert s["step"] == 4 and (tmp_path / "run" / "ckpt_step2.pt").exists()
+    with pytest.raises(KeyError, match="r2p_pred"):
+        D.Volume({k: a for k, a in arrays.items() if k != "r2p_pred"}).patch((8, 8, 8), 8, ("r2p_pred",))

@@ -55,6 +55,14 @@ def add_parser(sub):
     p.add_argument("--min-volumes", type=int, default=1)
     for k, d in (("l1", 1.0), ("gdl", 0.1), ("field", 1.0), ("qsm", 1.0), ("r2p", 1.0)):
         p.add_argument(f"--w-{k}", type=float, default=d, help=f"loss weight of the {k} term (default {d:g})")
+    p.add_argument("--p-lesion", type=float, default=0.0,
+                   help="fraction of head patches centred on a lesion (cache needs lesion masks; default 0)")
+    p.add_argument("--lesion-weight", type=float, default=1.0,
+                   help="weight of lesion voxels in the L1 term (default 1 = the published loss)")
+    p.add_argument("--r2prime-input", default="r2p", choices=("r2p", "r2p_pred"),
+                   help="chi-sepnet's R2' input: measured (r2p, default) or predicted from R2* "
+                        "(r2p_pred: the chi-sepnet of the R2* pipeline; cache needs --predict-r2prime)")
+    p.add_argument("--snapshot-every", type=int, default=0, help="keep ckpt_step<N>.pt every N steps")
     p.add_argument("--export", metavar="PATH", help="write OUT/ckpt_best.pt as fp16 safetensors and exit")
     p.add_argument("--export-from", default="best", choices=("best", "last"))
     p.add_argument("--evaluate", action="store_true",
@@ -93,6 +101,8 @@ def run(args) -> int:
                       flips=not args.no_flips, refresh_every=args.refresh_every,
                       min_volumes=args.min_volumes, w_l1=args.w_l1, w_gdl=args.w_gdl,
                       w_field=args.w_field, w_qsm=args.w_qsm, w_r2p=args.w_r2p,
+                      p_lesion=args.p_lesion, lesion_weight=args.lesion_weight,
+                      r2prime_key=args.r2prime_input, snapshot_every=args.snapshot_every,
                       shapes_only=not args.cache)
     if args.cache and not Path(args.cache).is_dir():
         raise InputError(f"--cache {args.cache}: no such folder; build it with "

@@ -32,7 +32,7 @@ from .. import geometry
 from ..io import InputError
 from ..physics import b0_direction_from_affine, voxel_size_from_affine
 from .unet import ChiSepUNet, fuse_batchnorm, fuse_relu
-from .weights import WeightSet, load_builtin, load_weights
+from .weights import BUILTIN_R2STAR_CHISEPNET, WeightSet, builtin_weights_dir, load_builtin, load_weights
 
 ProgressFn = Optional[Callable[[float, str], None]]
 
@@ -390,7 +390,12 @@ def _as_weightset(w, kind: str) -> Optional[WeightSet]:
 
 def resolve_weights(method: str, weights=None, need_qsm_net: bool = False) -> dict:
     """``weights``: None (built-in), a path / WeightSet (the chi-sepnet net) or a dict
-    ``{"chisepnet": ..., "r2prime": ..., "qsm": ...}`` (None entries: built-in; qsm: none)."""
+    ``{"chisepnet": ..., "r2prime": ..., "qsm": ...}`` (None entries: built-in; qsm: none).
+
+    The built-in chi-sepnet of ``chisepnet-r2star`` is
+    :data:`~chisep.network.weights.BUILTIN_R2STAR_CHISEPNET` when installed (trained on predicted
+    R2'), else the R2' pipeline's.
+    """
     if isinstance(weights, dict):
         d = dict(weights)
         unknown = set(d) - {"chisepnet", "r2prime", "qsm"}
@@ -398,7 +403,13 @@ def resolve_weights(method: str, weights=None, need_qsm_net: bool = False) -> di
             raise InputError(f"unknown weights entries {sorted(unknown)}; use chisepnet, r2prime, qsm")
     else:
         d = {"chisepnet": weights}
-    res = {"chisepnet": _as_weightset(d.get("chisepnet"), "chisepnet-r2prime") or load_builtin("chisepnet-r2prime")}
+    res = {"chisepnet": _as_weightset(d.get("chisepnet"), "chisepnet-r2prime")}
+    if res["chisepnet"] is None:
+        variant = builtin_weights_dir() / BUILTIN_R2STAR_CHISEPNET
+        if method == "chisepnet-r2star" and variant.is_file():
+            res["chisepnet"] = load_weights(variant, kind="chisepnet-r2prime")
+        else:
+            res["chisepnet"] = load_builtin("chisepnet-r2prime")
     if method == "chisepnet-r2star":
         res["r2prime"] = _as_weightset(d.get("r2prime"), "r2prime-from-r2star") or load_builtin("r2prime-from-r2star")
     res["qsm"] = _as_weightset(d.get("qsm"), "qsm")

@@ -46,6 +46,11 @@ BUILTIN_FILES = {
     "qsm": "qsm.safetensors",
 }
 
+#: optional built-in chi-sepnet (kind chisepnet-r2prime) fine-tuned for the R2* pipeline: it saw the
+#: R2' that the r2prime-from-r2star net predicts, not a measured one. Used by chisepnet-r2star when
+#: present and no chi-sepnet weights are given; otherwise that pipeline uses the R2' net's weights.
+BUILTIN_R2STAR_CHISEPNET = "chisepnet_r2star.safetensors"
+
 #: z-score constants (mean, std) of the published chi-sepnet weights (DESIGN.md section 4)
 PUBLISHED_NORMALISATION = {
     "field": (-0.0026046, 0.0108497),

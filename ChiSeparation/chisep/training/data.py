@@ -17,7 +17,10 @@ Every volume is cropped to its mask's bounding box (+ margin) and stores:
 ``field`` (local field, ppm), ``qsm`` (ppm), ``r2p`` (measured R2'/Dr, ppm), ``r2s`` (measured
 R2*/Dr, ppm), ``para``/``dia`` (truth chi, ppm), ``r2p_true`` (truth R2'/Dr, ppm), ``mask`` (the
 preprocessing mask used at inference), ``fmask`` (eroded mask where the local field is defined),
-``emask`` (evaluation mask: brain minus CSF minus vessels), and ``meta`` (JSON).
+``emask`` (evaluation mask: brain minus CSF minus vessels), ``lesion`` (truth lesion voxels, heads
+only; older caches get it with ``--add-lesions``), optionally ``r2p_pred`` (R2'/Dr predicted from
+the measured R2* by an R2'-prediction net, ``--predict-r2prime``: the input the chi-sepnet of the
+R2* pipeline sees) and ``meta`` (JSON).
 
 B0 is along the third array axis in all volumes (the networks' frame; tilted acquisitions are
 rotated to it at inference). Seeds: training heads 1000+, shapes 5000+, validation heads 900-999
@@ -52,6 +55,8 @@ TE_SE = (0.03, 0.06, 0.09, 0.12)
 #: channel names stored in a cache file (float16) and masks (uint8)
 MAP_KEYS = ("field", "qsm", "r2p", "r2s", "para", "dia", "r2p_true")
 MASK_KEYS = ("mask", "fmask", "emask")
+#: optional maps (a volume without them cannot train what needs them); a missing ``lesion`` mask reads 0
+OPTIONAL_MAP_KEYS = ("r2p_pred",)
 
 #: network input/output channel names (normalisation keys, DESIGN.md section 4)
 CHISEP_INPUTS = ("qsm", "field", "r2prime_over_dr")
@@ -166,7 +171,7 @@ def _preprocess_and_qsm(mag, phase, te_s, affine, b0_t, se_mag, se_te_s, mask=No
     return out
 
 
-def _pack(out, truth_para, truth_dia, brain, csf, vessels, meta, margin=6):
+def _pack(out, truth_para, truth_dia, brain, csf, vessels, meta, margin=6, lesions=None):
     """Crop to the mask's bounding box (+margin) and convert to the cache's dtypes."""
     m = np.asarray(out["mask"]) > 0
     fm = np.asarray(out.get("mask_eroded", m)) > 0
@@ -193,6 +198,8 @@ def _pack(out, truth_para, truth_dia, brain, csf, vessels, meta, margin=6):
     res["mask"] = m[sl].astype(np.uint8)
     res["fmask"] = (fm & m)[sl].astype(np.uint8)
     res["emask"] = em[sl].astype(np.uint8)
+    res["lesion"] = ((np.asarray(lesions) > 0) & m)[sl].astype(np.uint8) if lesions is not None else \
+        np.zeros(res["mask"].shape, np.uint8)
     meta = dict(meta, crop_lo=lo.tolist(), crop_hi=hi.tolist())
     res["meta"] = np.array(json.dumps(meta))
     return res
@@ -230,7 +237,8 @@ def make_head_volume(seed: int, size: str = "full", snr: float | None = None,
     meta = {"kind": "head", "seed": int(seed), "size": size, "snr": snr, "n_lesions": n_lesions,
             "chain": CHAIN["name"],
             "tilt_deg": 0.0, "t_simulate_s": round(t1 - t0, 1), "t_preprocess_s": round(t2 - t1, 1)}
-    return _pack(out, T["chi_para"], T["chi_dia"], T["mask"], T["mask_csf"], T["mask_vessels"], meta)
+    return _pack(out, T["chi_para"], T["chi_dia"], T["mask"], T["mask_csf"], T["mask_vessels"], meta,
+                 lesions=T["lesions"])
 
 
 # --------------------------------------------------------------------------- random shapes
@@ -449,8 +457,10 @@ class Volume:
 
     def __init__(self, arrays: dict, name: str = "", max_centres: int = 50000, seed: int = 0):
         self.name = name
-        self.maps = {k: np.asarray(arrays[k]) for k in MAP_KEYS}
+        self.maps = {k: np.asarray(arrays[k]) for k in MAP_KEYS + OPTIONAL_MAP_KEYS if k in arrays}
         self.masks = {k: np.asarray(arrays[k]).astype(np.uint8) for k in MASK_KEYS}
+        self.masks["lesion"] = (np.asarray(arrays["lesion"]).astype(np.uint8) if "lesion" in arrays
+                                else np.zeros(self.masks["mask"].shape, np.uint8))
         meta = arrays.get("meta")
         self.meta = json.loads(str(meta)) if meta is not None else {}
         self.kind = self.meta.get("kind", "head")
@@ -459,6 +469,8 @@ class Volume:
         if len(idx) > max_centres:
             idx = idx[np.random.default_rng(seed).choice(len(idx), max_centres, replace=False)]
         self.centres = idx.astype(np.int16)
+        #: lesion voxels (patch centres for lesion-centred sampling)
+        self.lesion_centres = np.argwhere(self.masks["lesion"] > 0).astype(np.int16)
 
     @classmethod
     def load(cls, path):
@@ -483,6 +495,9 @@ class Volume:
         out = {}
         allv = dict(self.maps, **self.masks)
         for k in (keys or allv):
+            if k not in allv:
+                raise KeyError(f"volume {self.name} has no {k!r} array; rebuild or complete the cache "
+                               f"(python -m chisep.training.data --help)")
             v = allv[k]
             p = np.zeros(tuple(size), v.dtype if dtype is None else dtype)
             p[tuple(dst)] = v[tuple(src)]
@@ -536,7 +551,7 @@ def draw_augmentation(rng, scale_range=(0.6, 1.6), flips=True) -> dict:
 
 
 #: maps multiplied by the common scale factor (R2* gets the scaled R2' added: R2* = R2 + R2')
-SCALED = ("field", "qsm", "para", "dia", "r2p_true", "r2p")
+SCALED = ("field", "qsm", "para", "dia", "r2p_true", "r2p", "r2p_pred")
 
 
 def augment(p: dict, rng_or_aug, scale_range=(0.6, 1.6), flips=True):
@@ -597,6 +612,16 @@ KEYS = {"chisepnet-r2prime": ("field", "qsm", "r2p", "para", "dia", "mask", "fma
         "r2prime-from-r2star": ("r2s", "r2p", "r2p_true", "mask")}
 
 
+def keys_for(kind: str, lesion: bool = False, r2prime_key: str = "r2p") -> tuple:
+    """Cache keys a training run needs: :data:`KEYS` of its kind, ``lesion`` for a lesion-weighted
+    loss, and ``r2prime_key`` instead of ``r2p`` for the chi-sepnet's R2' input (``r2p_pred``: the
+    R2* pipeline's predicted R2')."""
+    ks = [r2prime_key if (k == "r2p" and kind == "chisepnet-r2prime") else k for k in KEYS[kind]]
+    if lesion:
+        ks.append("lesion")
+    return tuple(ks)
+
+
 class PatchSampler:
     """Random patches from a list of volumes; a pure function of (seed, step).
 
@@ -605,7 +630,8 @@ class PatchSampler:
     """
 
     def __init__(self, volumes, patch=64, p_shapes=0.25, scale_range=(0.6, 1.6), flips=True,
-                 seed=0, keys=None):
+                 seed=0, keys=None, p_lesion=0.0):
+        self.p_lesion = float(p_lesion)
         self.set_volumes(volumes)
         self.patch = int(patch)
         self.p_shapes = p_shapes
@@ -618,15 +644,27 @@ class PatchSampler:
         self.volumes = list(volumes)
         self.heads = [v for v in self.volumes if v.kind != "shapes"]
         self.shapes = [v for v in self.volumes if v.kind == "shapes"]
+        self.lesioned = [v for v in self.heads if len(v.lesion_centres)]
         if not self.volumes:
             raise ValueError("no training volumes")
+        if self.p_lesion > 0 and not self.lesioned:
+            raise ValueError("p_lesion > 0 but no training head has a lesion mask; add them with "
+                             "python -m chisep.training.data --out CACHE --add-lesions")
 
     def sample(self, rng):
+        """One patch: a random-shape volume with probability ``p_shapes``, else a head; of the head
+        patches a fraction ``p_lesion`` is centred on a random lesion voxel (jittered by up to a
+        quarter patch, so lesions are seen away from the patch centre too)."""
         pool = self.heads
         if self.shapes and (not self.heads or rng.random() < self.p_shapes):
             pool = self.shapes
-        v = pool[int(rng.integers(len(pool)))]
-        c = v.centres[int(rng.integers(len(v.centres)))]
+        if pool is self.heads and self.p_lesion > 0 and rng.random() < self.p_lesion:
+            v = self.lesioned[int(rng.integers(len(self.lesioned)))]
+            j = self.patch // 4
+            c = v.lesion_centres[int(rng.integers(len(v.lesion_centres)))] + rng.integers(-j, j + 1, 3)
+        else:
+            v = pool[int(rng.integers(len(pool)))]
+            c = v.centres[int(rng.integers(len(v.centres)))]
         p = v.patch(c, self.patch, self.keys, dtype=None)
         return p, draw_augmentation(rng, self.scale_range, self.flips)
 
@@ -649,6 +687,69 @@ def fixed_patches(volumes, patch=64, n_per_volume=4, seed=12345):
     return out
 
 
+def _rewrite(path: Path, add: dict):
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(add)
+    _save_atomic(path, arrays)
+
+
+def add_lesion_masks(cache_dir, log=print):
+    """Add the truth ``lesion`` mask to cached heads made before it was stored.
+
+    Re-simulates each head from its meta (seed, size, SNR, lesion count: the lesions do not depend on
+    the noise) and crops the truth lesion labels like the other arrays. Shapes volumes get an empty
+    mask. Volumes that already have one are skipped.
+    """
+    from ..simulate import simulate_head
+
+    for p in sorted(Path(cache_dir).glob("*.npz")):
+        if ".tmp" in p.name:
+            continue
+        with np.load(p, allow_pickle=False) as z:
+            if "lesion" in z.files:
+                continue
+            meta = json.loads(str(z["meta"]))
+            m = z["mask"] > 0
+        if meta.get("kind", "head") == "shapes":
+            _rewrite(p, {"lesion": np.zeros(m.shape, np.uint8)})
+            log(f"{p.stem}: empty lesion mask (shapes)")
+            continue
+        t0 = time.time()
+        h = simulate_head(seed=int(meta["seed"]), size=meta.get("size", "full"), snr=meta.get("snr"),
+                          n_lesions=meta.get("n_lesions"))
+        lo, hi = meta["crop_lo"], meta["crop_hi"]
+        lab = h.truth["lesions"][tuple(slice(a, b) for a, b in zip(lo, hi))]
+        if lab.shape != m.shape:
+            raise ValueError(f"{p}: re-simulated head does not match the cached crop {m.shape} vs {lab.shape}")
+        _rewrite(p, {"lesion": ((lab > 0) & m).astype(np.uint8)})
+        log(f"{p.stem}: {int(lab.max())} lesions, {int(((lab > 0) & m).sum())} voxels ({time.time() - t0:.0f} s)")
+
+
+def add_predicted_r2prime(cache_dir, weights="builtin", device="cpu", log=print):
+    """Add ``r2p_pred`` (R2'/Dr, ppm): the R2'-prediction net applied to each volume's measured R2*.
+
+    This is what the chi-sepnet of the R2* pipeline sees at inference. ``weights``: ``"builtin"``
+    (the shipped r2prime-from-r2star net) or a weights file. Recomputes every volume (the weights
+    may have changed).
+    """
+    from ..network.inference import predict_r2prime_from_r2star
+    from ..network.weights import load_builtin, load_weights
+
+    ws = load_builtin("r2prime-from-r2star") if weights == "builtin" else \
+        load_weights(weights, kind="r2prime-from-r2star")
+    for p in sorted(Path(cache_dir).glob("*.npz")):
+        if ".tmp" in p.name:
+            continue
+        t0 = time.time()
+        with np.load(p, allow_pickle=False) as z:
+            r2s = z["r2s"].astype(np.float32) * DR
+            m = z["mask"].astype(np.uint8)
+        pred = predict_r2prime_from_r2star(ws, r2s, m, np.eye(4), b0_dir=(0.0, 0.0, 1.0), device=device)
+        _rewrite(p, {"r2p_pred": (np.asarray(pred, np.float32) / DR * (m > 0)).astype(np.float16)})
+        log(f"{p.stem}: r2p_pred ({time.time() - t0:.0f} s)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Build the chi-sepnet training cache (resumable).")
     ap.add_argument("--out", required=True)
@@ -659,9 +760,18 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--lesions", type=int, default=None,
                     help="lesions per training head (default: 10-30, drawn per seed)")
+    ap.add_argument("--add-lesions", action="store_true",
+                    help="add the truth lesion mask to cached volumes that lack it (re-simulates them)")
+    ap.add_argument("--predict-r2prime", metavar="WEIGHTS",
+                    help="add r2p_pred (R2' predicted from R2*) to every volume: 'builtin' or a weights file")
     a = ap.parse_args(argv)
+    log = lambda m: print(m, flush=True)  # noqa: E731
     build_cache(a.out, _seeds(a.heads), _seeds(a.val), _seeds(a.shapes), a.workers, a.size,
-                log=lambda m: print(m, flush=True), n_lesions=a.lesions)
+                log=log, n_lesions=a.lesions)
+    if a.add_lesions:
+        add_lesion_masks(a.out, log=log)
+    if a.predict_r2prime:
+        add_predicted_r2prime(a.out, a.predict_r2prime, log=log)
     return 0
 
 

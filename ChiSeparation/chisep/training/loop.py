@@ -73,6 +73,10 @@ class TrainConfig:
     shapes_pool: int = 0                 # with shapes_only: draw from this many fixed patches (0 = fresh)
     init_norm: Optional[dict] = None     # normalisation to use instead of computing it
     grad_clip: float = 0.0
+    p_lesion: float = 0.0                # fraction of head patches centred on a lesion (cache needs `lesion`)
+    lesion_weight: float = 1.0           # weight of lesion voxels in the L1 term (1 = published loss)
+    r2prime_key: str = "r2p"             # cache key of chi-sepnet's R2' input; r2p_pred = R2* pipeline
+    snapshot_every: int = 0              # keep a model-only copy ckpt_step<N>.pt every N steps (0 = never)
 
     @property
     def loss_weights(self):
@@ -110,24 +114,29 @@ _SRC = {"qsm": "qsm", "field": "field", "r2prime_over_dr": "r2p", "r2star_over_d
         "chi_para": "para", "chi_dia": "dia"}
 
 
-def to_tensors(b: dict, kind: str, norm: dict, device, channels_last=False):
+def to_tensors(b: dict, kind: str, norm: dict, device, channels_last=False, r2prime_key="r2p"):
     """Network input/label tensors (z-scored, masked) + the ppm maps the physics terms need.
 
     ``b``: stacked patches (N, 1, X, Y, Z), any float dtype; an optional ``_aug`` list (one
     augmentation dict per sample, :func:`chisep.training.data.draw_augmentation`) is applied on
-    the device.
+    the device. ``r2prime_key``: the cache key of chi-sepnet's R2'/Dr input (``r2p_pred`` trains the
+    R2* pipeline's chi-sepnet on the R2' that the R2'-prediction net gives); ``t["r2p"]`` is then
+    that input too, so the physics term compares with what the network saw.
     """
     import torch
 
     ins, outs = channels(kind)
+    src = dict(_SRC, r2prime_over_dr=r2prime_key) if kind == "chisepnet-r2prime" else _SRC
     t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True).float()
          for k, v in b.items() if not k.startswith("_")}
     if b.get("_aug"):
         t = D.augment_torch(t, b["_aug"])
     m = t["mask"]
-    x = torch.cat([(t[_SRC[c]] - norm[c][0]) / norm[c][1] * m for c in ins], 1)
+    x = torch.cat([(t[src[c]] - norm[c][0]) / norm[c][1] * m for c in ins], 1)
     if kind == "chisepnet-r2prime":
-        y = torch.cat([(t[_SRC[c]] - norm[c][0]) / norm[c][1] * m for c in outs], 1)
+        if r2prime_key != "r2p":
+            t["r2p"] = t[r2prime_key]
+        y = torch.cat([(t[src[c]] - norm[c][0]) / norm[c][1] * m for c in outs], 1)
     else:
         c = outs[0]
         y = (t["r2p_true"] - norm[c][0]) / norm[c][1] * m
@@ -181,7 +190,8 @@ def compute_loss(model, x, y, t, kind, norm, cfg: TrainConfig, autocast_ctx):
     if kind == "chisepnet-r2prime":
         return chisep_loss(pred, y, t["mask"], (norm["chi_para"], norm["chi_dia"]),
                            field_ppm=t["field"], qsm_ppm=t["qsm"], r2p_over_dr_ppm=t["r2p"],
-                           field_mask=t["fmask"], weights=cfg.loss_weights)
+                           field_mask=t["fmask"], weights=cfg.loss_weights, lesion=t.get("lesion"),
+                           lesion_weight=cfg.lesion_weight)
     return r2prime_loss(pred, y, t["mask"], cfg.loss_weights)
 
 
@@ -216,7 +226,8 @@ def predict(model, x, autocast_ctx):
         return model(x).float()
 
 
-def validate_patches(model, patches, kind, norm, device, autocast_ctx, channels_last=False, bs=2):
+def validate_patches(model, patches, kind, norm, device, autocast_ctx, channels_last=False, bs=2,
+                     r2prime_key="r2p"):
     """NRMSE (%) of each output over fixed validation patches (evaluation mask), pooled."""
     _, outs = channels(kind)
     acc = {c: [0.0, 0.0] for c in outs}
@@ -225,7 +236,7 @@ def validate_patches(model, patches, kind, norm, device, autocast_ctx, channels_
     for i in range(0, len(patches), bs):
         group = patches[i:i + bs]
         b = {k: np.stack([p[k] for p in group])[:, None] for k in group[0]}
-        x, _, _ = to_tensors(b, kind, norm, device, channels_last)
+        x, _, _ = to_tensors(b, kind, norm, device, channels_last, r2prime_key)
         pz = predict(model, x, autocast_ctx).cpu().numpy()
         res = denorm_outputs(pz, kind, norm, b["mask"][:, 0])
         em = b["emask"][:, 0] > 0
@@ -238,13 +249,13 @@ def validate_patches(model, patches, kind, norm, device, autocast_ctx, channels_
 
 
 def infer_volume(model, vol: "D.Volume", kind, norm, device, autocast_ctx, tile=96, margin=16,
-                 channels_last=False):
+                 channels_last=False, r2prime_key="r2p"):
     """Whole-volume prediction by overlapping tiles (sizes multiples of 16, zero padding)."""
     import torch
 
     ins, outs = channels(kind)
     m = vol.masks["mask"].astype(np.float32)
-    src = {"qsm": "qsm", "field": "field", "r2prime_over_dr": "r2p", "r2star_over_dr": "r2s"}
+    src = dict(_SRC, r2prime_over_dr=r2prime_key) if kind == "chisepnet-r2prime" else _SRC
     x = np.stack([(vol.maps[src[c]].astype(np.float32) - norm[c][0]) / norm[c][1] * m for c in ins])
     shape = np.array(m.shape)
     step = tile - 2 * margin
@@ -428,7 +439,9 @@ def train(cfg: TrainConfig, log=print):
         log(f"{len(vols)} training volumes loaded in {time.time() - t0:.0f} s: "
             + ", ".join(sorted(names_seen)))
         sampler = D.PatchSampler(vols, cfg.patch, cfg.p_shapes, (cfg.scale_min, cfg.scale_max),
-                                 cfg.flips, cfg.seed, keys=D.KEYS[cfg.kind])
+                                 cfg.flips, cfg.seed,
+                                 keys=D.keys_for(cfg.kind, cfg.lesion_weight != 1.0, cfg.r2prime_key),
+                                 p_lesion=cfg.p_lesion)
         norm_vols = vols
         vvols = D.load_cache(cfg.cache, "val")
         val_patches = D.fixed_patches(vvols, cfg.patch, cfg.val_patches)
@@ -479,7 +492,8 @@ def train(cfg: TrainConfig, log=print):
         nonlocal best, best_step
         if not val_patches:
             return None
-        v = validate_patches(model, val_patches, cfg.kind, norm, device, autocast_ctx, cfg.channels_last)
+        v = validate_patches(model, val_patches, cfg.kind, norm, device, autocast_ctx, cfg.channels_last,
+                             r2prime_key=cfg.r2prime_key)
         score = float(np.mean(list(v.values())))
         is_best = score < best
         if is_best:
@@ -516,7 +530,7 @@ def train(cfg: TrainConfig, log=print):
         for g in optim.param_groups:
             g["lr"] = _lr_at(cfg, step, time.time() - t_start, t_start)
         b = pf.get(step)
-        x, y, t = to_tensors(b, cfg.kind, norm, device, cfg.channels_last)
+        x, y, t = to_tensors(b, cfg.kind, norm, device, cfg.channels_last, cfg.r2prime_key)
         loss, parts = compute_loss(model, x, y, t, cfg.kind, norm, cfg, autocast_ctx)
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -541,6 +555,9 @@ def train(cfg: TrainConfig, log=print):
             do_val()
         if cfg.ckpt_every and step % cfg.ckpt_every == 0:
             save_checkpoint(ck_last, model, optim, step, cfg, norm, best, best_step, elapsed())
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            save_checkpoint(out / f"ckpt_step{step}.pt", model, None, step, cfg, norm, best, best_step,
+                            elapsed())
     if pf is not None:
         pf.close()
     if not (cfg.val_every and step % cfg.val_every == 0):
@@ -565,7 +582,8 @@ def evaluate_checkpoint(ckpt, cache, device="auto", bf16=False, tile=96):
     ac = _autocast_factory(dev, bf16)
     res = {}
     for v in D.load_cache(cache, "val"):
-        pred = infer_volume(model, v, kind, norm, dev, ac, tile=tile)
+        pred = infer_volume(model, v, kind, norm, dev, ac, tile=tile,
+                            r2prime_key=ck["config"].get("r2prime_key", "r2p"))
         res[v.name] = volume_metrics(pred, v, kind)
     return res
 

@@ -40,7 +40,10 @@ class LossWeights:
 
 
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean |a - b| over mask voxels (mask broadcast over channels); plain mean without a mask."""
+    """Mean |a - b| over mask voxels (mask broadcast over channels); plain mean without a mask.
+
+    A non-binary ``mask`` is a voxel weight: the weighted mean sum(w |a - b|) / sum(w).
+    """
     d = (a - b).abs()
     if mask is None:
         return d.mean()
@@ -89,7 +92,8 @@ def chisep_loss(pred_z: torch.Tensor, target_z: torch.Tensor, mask: torch.Tensor
                 field_ppm: torch.Tensor | None = None, qsm_ppm: torch.Tensor | None = None,
                 r2p_over_dr_ppm: torch.Tensor | None = None, field_mask: torch.Tensor | None = None,
                 weights: LossWeights | None = None, voxel_size=(1.0, 1.0, 1.0),
-                b0_dir=(0.0, 0.0, 1.0), pad: float = 2.0):
+                b0_dir=(0.0, 0.0, 1.0), pad: float = 2.0, lesion: torch.Tensor | None = None,
+                lesion_weight: float = 1.0):
     """The published chi-sepnet loss. Returns ``(total, parts)`` (parts: floats per term).
 
     pred_z, target_z : (N, 2, X, Y, Z) z-scored (chi_para, |chi_dia|).
@@ -97,6 +101,9 @@ def chisep_loss(pred_z: torch.Tensor, target_z: torch.Tensor, mask: torch.Tensor
     norm_out : ((mean_para, std_para), (mean_dia, std_dia)) to de-normalise to ppm.
     field_ppm, qsm_ppm, r2p_over_dr_ppm : (N, 1, X, Y, Z) the inputs in ppm (any may be None,
         which drops that term). field_mask : where the field is compared (default ``mask``).
+    lesion, lesion_weight : optional (N, 1, X, Y, Z) lesion mask; its voxels count ``lesion_weight``
+        times in the L1 term (a weighted mean), so that small lesions, a few hundred voxels of a
+        patch, still steer the split (an extension; the published loss has weight 1).
     """
     w = weights or LossWeights()
     pred_z = pred_z.float()
@@ -105,7 +112,10 @@ def chisep_loss(pred_z: torch.Tensor, target_z: torch.Tensor, mask: torch.Tensor
     parts = {}
     total = pred_z.new_zeros(())
     if w.l1:
-        parts["l1"] = masked_l1(pred_z, target_z, mask)
+        wm = mask
+        if lesion is not None and lesion_weight != 1.0:
+            wm = mask * (1.0 + (float(lesion_weight) - 1.0) * lesion.float())
+        parts["l1"] = masked_l1(pred_z, target_z, wm)
         total = total + w.l1 * parts["l1"]
     if w.gdl:
         parts["gdl"] = gradient_difference_loss(pred_z, target_z, mask)
