@@ -114,6 +114,11 @@ _SRC = {"qsm": "qsm", "field": "field", "r2prime_over_dr": "r2p", "r2star_over_d
         "chi_para": "para", "chi_dia": "dia"}
 
 
+def _sources(kind: str, r2prime_key: str = "r2p") -> dict:
+    """Cache key of each channel; chi-sepnet's R2' input may come from another key (``r2p_pred``)."""
+    return dict(_SRC, r2prime_over_dr=r2prime_key) if kind == "chisepnet-r2prime" else _SRC
+
+
 def to_tensors(b: dict, kind: str, norm: dict, device, channels_last=False, r2prime_key="r2p"):
     """Network input/label tensors (z-scored, masked) + the ppm maps the physics terms need.
 
@@ -126,7 +131,7 @@ def to_tensors(b: dict, kind: str, norm: dict, device, channels_last=False, r2pr
     import torch
 
     ins, outs = channels(kind)
-    src = dict(_SRC, r2prime_over_dr=r2prime_key) if kind == "chisepnet-r2prime" else _SRC
+    src = _sources(kind, r2prime_key)
     t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True).float()
          for k, v in b.items() if not k.startswith("_")}
     if b.get("_aug"):
@@ -255,7 +260,7 @@ def infer_volume(model, vol: "D.Volume", kind, norm, device, autocast_ctx, tile=
 
     ins, outs = channels(kind)
     m = vol.masks["mask"].astype(np.float32)
-    src = dict(_SRC, r2prime_over_dr=r2prime_key) if kind == "chisepnet-r2prime" else _SRC
+    src = _sources(kind, r2prime_key)
     x = np.stack([(vol.maps[src[c]].astype(np.float32) - norm[c][0]) / norm[c][1] * m for c in ins])
     shape = np.array(m.shape)
     step = tile - 2 * margin
@@ -604,6 +609,8 @@ def export_weights(ckpt, path, meta: Optional[dict] = None, dtype="float16"):
          "not_the_published_weights": "true", "steps": str(ck["step"]), "best_step": str(ck["best_step"]),
          "width": str(cfg["width"]), "seed": str(cfg["seed"]), "patch": str(cfg["patch"]),
          "batch": str(cfg["batch"]), "lr": str(cfg["lr"]), "cache": str(cfg.get("cache")),
+         "r2prime_input": str(cfg.get("r2prime_key", "r2p")), "p_lesion": str(cfg.get("p_lesion", 0.0)),
+         "lesion_weight": str(cfg.get("lesion_weight", 1.0)),
          "val_patch_mean_nrmse_percent": f"{ck['best']:.3f}", "train_elapsed_s": f"{ck['elapsed_s']:.0f}",
          "torch": torch.__version__}
     m.update({k: str(v) for k, v in (meta or {}).items()})
