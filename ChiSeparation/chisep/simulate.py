@@ -769,14 +769,7 @@ def simulate_head(seed: int = 1, size: str = "small", snr: Optional[float] = 100
         rep(0.05, "anatomy")
         A = _anatomy(ext, P, placed, progress=sub(0.05, 0.45))
         crop = (slice(None), slice(None), slice(ext_vox, None))
-        src = np.where(A["head"], np.float32(CHI_TISSUE_VS_AIR), np.float32(0.0))
-        # a slightly smooth air/tissue boundary: a sharp step sampled on the grid rings inside the
-        # brain when B0 is oblique (the field would then not be harmonic there)
-        src = ndi.gaussian_filter(src, max(1.0, float(vs.max())) / vs).astype(np.float32)
-        # ... but only outside the brain: the smoothing's tail must not put air susceptibility into
-        # brain tissue (air lies >= 2 mm from the brain; a 1 mm Gaussian still leaves ~0.2 ppm at the
-        # brain surface next to the sinuses, a non-harmonic "background" no method could remove)
-        src[A["brain"]] = np.float32(CHI_TISSUE_VS_AIR)
+        src = _air_tissue_source(A["head"], A["brain"], max(1.0, float(vs.max())) / vs)
         rep(0.45, "background field (air/tissue)")
         bg = physics.forward_field(src, vs, b0_dir, pad_factor=1.5)[crop].astype(np.float32)
         del src
@@ -802,10 +795,7 @@ def simulate_head(seed: int = 1, size: str = "small", snr: Optional[float] = 100
         sl = cgrid.box_slices(origin - 4.0, hi + 4.0)
         if sl is not None:
             chi_c[sl] = 0.0     # the block's own chi is the local field
-        src = ndi.gaussian_filter(np.where(C["head"], np.float32(CHI_TISSUE_VS_AIR), np.float32(0.0)),
-                                  0.5).astype(np.float32)   # smooth boundary, outside the brain (see above)
-        src[C["brain"]] = np.float32(CHI_TISSUE_VS_AIR)
-        src += chi_c
+        src = _air_tissue_source(C["head"], C["brain"], 0.5) + chi_c
         bgc = physics.forward_field(src, cvs, b0_dir, pad_factor=1.5)
         del C, src, chi_c
         cidx = np.empty_like(A["x"])
@@ -868,6 +858,19 @@ def simulate_head(seed: int = 1, size: str = "small", snr: Optional[float] = 100
                          te_s=te, se_te_s=se, seed=seed, gre_mag=gm, gre_phase=gp, se_mag=sem,
                          truth=truth, lesion_table=table, size=size, snr=snr, noise_sigma=sigma,
                          phase_sign=int(phase_sign), tilt_deg=float(tilt_deg), params=params)
+
+
+def _air_tissue_source(head, brain, sigma_vox):
+    """Susceptibility of head tissue relative to air (ppm): CHI_TISSUE_VS_AIR in the head, 0 outside,
+    with a slightly smooth boundary (Gaussian, ``sigma_vox`` voxels): a sharp step sampled on the grid
+    rings inside the brain when B0 is oblique, and the field would then not be harmonic there. The
+    smoothing must stay outside the brain: air lies >= 2 mm from it, yet a 1 mm Gaussian's tail
+    still leaves ~0.2 ppm at the brain surface next to the sinuses, a non-harmonic "background" no
+    method could remove, so the brain keeps the tissue value exactly."""
+    src = ndi.gaussian_filter(np.where(head, np.float32(CHI_TISSUE_VS_AIR), np.float32(0.0)),
+                              sigma_vox).astype(np.float32)
+    src[brain] = np.float32(CHI_TISSUE_VS_AIR)
+    return src
 
 
 def _block_mean(a, k):

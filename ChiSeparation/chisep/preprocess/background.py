@@ -267,7 +267,7 @@ def _lbv_solver(mask, vs, stencil, tol, max_iter):
 
 
 def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 0.1,
-            stencil: str = "compact", peel_mm: float = 0.0):
+            stencil: str = "compact", peel_mm: float = 0.0, tol: float = 1e-7, max_iter: int = 3000):
     """LBV whose missing part — the local field's own values on the mask boundary — is estimated
     from a first susceptibility map and put back.
 
@@ -286,7 +286,7 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
     voxel_size : (3,) mm. b0_dir : (3,) B0 direction in the array frame.
     lam : gradient regularisation of the first susceptibility map (:func:`chisep.qsm.qsm_closed_form`;
         a smooth map is what the boundary values need).
-    stencil, peel_mm : as for :func:`lbv`.
+    stencil, peel_mm, tol, max_iter : as for :func:`lbv`.
 
     Returns
     -------
@@ -297,7 +297,7 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
 
     vs = np.broadcast_to(np.asarray(voxel_size, float), (3,))
     m = np.asarray(mask) > 0
-    solve, inner = _lbv_solver(m, vs, stencil, 1e-7, 3000)   # one assembly for both solves
+    solve, inner = _lbv_solver(m, vs, stencil, tol, max_iter)   # one assembly for both solves
     f1 = solve(field)
     if inner.any():
         chi = qsm_closed_form(f1, inner, vs, b0_dir, lam=lam)

@@ -505,19 +505,25 @@ class Volume:
         return out
 
 
+def _cache_files(cache_dir, patterns=("*.npz",)):
+    """The finished cache files matching each pattern, sorted (files being written, ``*.tmp*``, skipped)."""
+    for pat in patterns:
+        for p in sorted(Path(cache_dir).glob(pat)):
+            if ".tmp" not in p.name:
+                yield p
+
+
 def load_cache(cache_dir, which: str = "train", names_seen=()):
     """Load cache volumes: ``train`` = head_* + shapes_*, ``val`` = val_*. Skips ``names_seen``."""
-    cache_dir = Path(cache_dir)
     pats = ("head_*.npz", "shapes_*.npz") if which == "train" else ("val_*.npz",)
     vols = []
-    for pat in pats:
-        for p in sorted(cache_dir.glob(pat)):
-            if ".tmp" in p.name or p.stem in names_seen:
-                continue
-            try:
-                vols.append(Volume.load(p))
-            except Exception as exc:  # noqa: BLE001 - a file being written or broken
-                print(f"warning: skipping {p}: {exc!r}", file=sys.stderr)
+    for p in _cache_files(cache_dir, pats):
+        if p.stem in names_seen:
+            continue
+        try:
+            vols.append(Volume.load(p))
+        except Exception as exc:  # noqa: BLE001 - a file being written or broken
+            print(f"warning: skipping {p}: {exc!r}", file=sys.stderr)
     return vols
 
 
@@ -703,9 +709,7 @@ def add_lesion_masks(cache_dir, log=print):
     """
     from ..simulate import simulate_head
 
-    for p in sorted(Path(cache_dir).glob("*.npz")):
-        if ".tmp" in p.name:
-            continue
+    for p in _cache_files(cache_dir):
         with np.load(p, allow_pickle=False) as z:
             if "lesion" in z.files:
                 continue
@@ -738,9 +742,7 @@ def add_predicted_r2prime(cache_dir, weights="builtin", device="cpu", log=print)
 
     ws = load_builtin("r2prime-from-r2star") if weights == "builtin" else \
         load_weights(weights, kind="r2prime-from-r2star")
-    for p in sorted(Path(cache_dir).glob("*.npz")):
-        if ".tmp" in p.name:
-            continue
+    for p in _cache_files(cache_dir):
         t0 = time.time()
         with np.load(p, allow_pickle=False) as z:
             r2s = z["r2s"].astype(np.float32) * DR
