@@ -57,3 +57,78 @@ def echo_fit_residual(unwrapped, mag, te_s, field_hz, phase_sign: int = 1):
     den = np.sum(w, axis=-1)
     ss = np.sum(w * (fe - np.asarray(field_hz, np.float64)[..., None]) ** 2, axis=-1)
     return np.sqrt(np.where(den > 0, ss / np.where(den > 0, den, 1.0), 0.0)).astype(np.float32)
+
+
+def _phase_fits(unwrapped, mag, te):
+    """Weighted (mag^2) least-squares fits of ``phi_e / 2 pi`` (cycles) through the origin, linear
+    ``f TE`` and quadratic ``f TE + c TE^2``: returns (f_quadratic Hz, RSS_linear, RSS_quadratic)."""
+    if te.size < 3:
+        raise ValueError("the quadratic phase fit needs at least 3 echoes")
+    w = np.asarray(mag, np.float64) ** 2
+    y = np.asarray(unwrapped, np.float64) / (2 * np.pi)
+    s11, s12, s22 = (np.sum(w * te ** p, axis=-1) for p in (2, 3, 4))
+    b1, b2, yy = np.sum(w * te * y, axis=-1), np.sum(w * te ** 2 * y, axis=-1), np.sum(w * y * y, axis=-1)
+    det = s11 * s22 - s12 ** 2
+    ok = det > 1e-12 * np.maximum(s11 * s22, 1e-300)
+    d = np.where(ok, det, 1.0)
+    f = np.where(ok, (s22 * b1 - s12 * b2) / d, 0.0)
+    c = np.where(ok, (s11 * b2 - s12 * b1) / d, 0.0)
+    rss_lin = np.maximum(yy - np.where(s11 > 0, b1 ** 2 / np.where(s11 > 0, s11, 1.0), 0.0), 0.0)
+    rss_quad = np.maximum(yy - f * b1 - c * b2, 0.0)
+    return f, rss_lin, rss_quad
+
+
+def initial_frequency(unwrapped, mag, te_s, phase_sign: int = 1):
+    """Frequency (Hz) at TE -> 0 from a weighted quadratic phase fit ``phi_e / 2 pi = f TE_e + c TE_e^2``.
+
+    A voxel that holds several frequencies (a vein in a thick slice, a steep field next to the
+    sinuses) has a phase that is not linear in TE: its slope at TE -> 0 is the proton-density
+    weighted mean frequency of the voxel, while later echoes under-weight whatever decays fast
+    (the vein's blood), so the linear fit of :func:`combine_echoes` is biased toward the slowly
+    decaying tissue. To second order in TE the phase is ``phi0 + 2 pi <f> TE - Cov(R2*, 2 pi f) TE^2``,
+    hence the quadratic term. The fit has more noise than the linear one, so use it only where the
+    echoes bend significantly (:func:`dephasing_significance`; :func:`preprocess_gre` does so).
+
+    Parameters
+    ----------
+    unwrapped : (..., E) unwrapped phases (rad, phi0 removed), E >= 3.
+    mag : (..., E) magnitudes (the weights are mag^2, the inverse phase-noise variance).
+    te_s : (E,) echo times (s).
+
+    Returns
+    -------
+    (...) float32, Hz (divided by ``phase_sign``); where the fit is singular (all weights zero) 0.
+    """
+    f, _, _ = _phase_fits(unwrapped, mag, np.asarray(te_s, float))
+    return (f * float(phase_sign)).astype(np.float32)
+
+
+def dephasing_significance(unwrapped, mag, te_s, mask):
+    """How far (in noise standard deviations) the phase of each voxel bends away from linear in TE.
+
+    With mag^2 weights the residual sums of squares of the fits are noise variance times chi^2
+    variables, so the drop from the linear to the quadratic fit (:func:`initial_frequency`), divided by
+    the noise variance, is chi^2 with one degree of freedom where the phase is linear. The noise
+    variance is estimated from the data: the median quadratic-fit RSS in the mask over the median of
+    chi^2 with E - 2 degrees of freedom. Returns ``sqrt(drop / variance)``: about 1 or less where the
+    phase is linear, large in veins and dephased voxels.
+
+    Parameters
+    ----------
+    unwrapped, mag : (X, Y, Z, E), E >= 3. te_s : (E,) s. mask : (X, Y, Z).
+
+    Returns
+    -------
+    (X, Y, Z) float32, 0 outside ``mask``.
+    """
+    from scipy.stats import chi2
+
+    te = np.asarray(te_s, float)
+    m = np.asarray(mask) > 0
+    out = np.zeros(m.shape, np.float32)
+    if not m.any():
+        return out
+    _, rss_lin, rss_quad = _phase_fits(np.asarray(unwrapped)[m], np.asarray(mag)[m], te)
+    var = float(np.median(rss_quad)) / float(chi2.median(te.size - 2))
+    out[m] = np.sqrt(np.maximum(rss_lin - rss_quad, 0.0) / max(var, 1e-30))
+    return out

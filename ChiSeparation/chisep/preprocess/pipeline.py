@@ -7,8 +7,8 @@ from .. import physics
 from ..io import InputError
 from ..progress import scaled
 from .background import lbv, lbv_qsm, pdf, vsharp
-from .combine import combine_echoes, echo_fit_residual
-from .mask import brain_mask, reliable_mask
+from .combine import combine_echoes, dephasing_significance, echo_fit_residual, initial_frequency
+from .mask import brain_mask, partial_volume_surface, reliable_mask
 from .relaxometry import r2_from_se, r2star
 from .unwrap import unwrap_echoes
 
@@ -28,7 +28,8 @@ def _check(name, arr, ndim):
 def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_te_s=None, r2=None,
                    mask=None, phase_sign: int = 1, unwrap: str = "region-growing", bg_method: str = "vsharp",
                    vsharp_radius_mm: float = 12.0, b0_dir=None, bipolar: bool = False, phi0_smooth_mm: float = 1.0,
-                   max_fit_residual_hz: float | None = 2.0, progress=None) -> dict:
+                   max_fit_residual_hz: float | None = 2.0, dephasing_fit_z: float | None = 5.0,
+                   partial_volume_ratio: float | None = 0.8, progress=None) -> dict:
     """Raw multi-echo GRE (+ optional SE or R2 map) -> maps for chi-separation.
 
     Parameters
@@ -50,13 +51,20 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     max_fit_residual_hz : surface voxels whose per-echo fields scatter more than this about the
         combined field (:func:`echo_fit_residual`; intra-voxel dephasing in thick slices next to the
         sinuses) are left out of background removal and of ``mask_eroded``; None keeps them.
+    dephasing_fit_z : in mask voxels whose phase bends away from linear in TE by more than this many
+        noise SDs (:func:`dephasing_significance`: veins and steep fields, in thick slices above
+        all) the field is the initial slope of a quadratic phase fit (:func:`initial_frequency`)
+        instead of the linear fit; None = linear fit everywhere. Needs 3 or more echoes.
+    partial_volume_ratio : LBV and LBV-QSM leave out of their boundary the surface voxels the brain
+        only partly fills (:func:`partial_volume_surface` with this ratio); None keeps them.
     progress : optional ``progress(fraction, message)``.
 
     Returns
     -------
     dict of 3-D float32 maps on the input grid: ``local_field`` (ppm, 0 outside ``mask_eroded``),
     ``total_field_hz``, ``field_weight`` (0..1), ``mask``, ``mask_eroded`` (uint8), ``mask_background``
-    (uint8, the mask background removal worked on), ``r2star`` (Hz),
+    (uint8, the mask background removal worked on), ``mask_boundary`` (uint8, ``mask_background``
+    without its partial-volume surface voxels: LBV's boundary), ``r2star`` (Hz),
     ``r2`` and ``r2prime`` (Hz, when SE or R2 is given), ``magnitude``.
     """
     mag = _check("GRE magnitude", mag, 4).astype(np.float32)
@@ -99,20 +107,27 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
         bg_mask = reliable_mask(mask, resid <= float(max_fit_residual_hz))
         if bg_mask.sum() < 0.5 * mask.sum():   # a poor fit almost everywhere: keep the mask as it is
             bg_mask = mask
+    if dephasing_fit_z is not None and te.size >= 3:
+        sel = dephasing_significance(unw, mag, te, mask) > float(dephasing_fit_z)
+        field_hz[sel] = initial_frequency(unw[sel], mag[sel], te, phase_sign)
     del unw
+    bnd_mask = bg_mask
+    if partial_volume_ratio is not None:
+        pv = partial_volume_surface(bg_mask, magnitude, partial_volume_ratio)
+        bnd_mask = reliable_mask(bg_mask, ~pv)
     p(0.5, f"background field removal ({bg_method})")
     if bg_method == "vsharp":
         local_hz, mask_eroded = vsharp(field_hz, bg_mask, vs, max_radius_mm=vsharp_radius_mm)
     elif bg_method == "lbv":
-        local_hz, mask_eroded = lbv(field_hz, bg_mask, vs)
+        local_hz, mask_eroded = lbv(field_hz, bnd_mask, vs)
     elif bg_method == "lbv-qsm":
-        local_hz, mask_eroded = lbv_qsm(field_hz, bg_mask, vs, b0_dir)
+        local_hz, mask_eroded = lbv_qsm(field_hz, bg_mask, vs, b0_dir, boundary_mask=bnd_mask)
     else:
         local_hz, mask_eroded = pdf(field_hz, bg_mask, vs, b0_dir, weight=weight)
     out = {"local_field": physics.hz_to_ppm(local_hz, b0_t).astype(np.float32),
            "total_field_hz": field_hz, "field_weight": weight * mask_eroded,
            "mask": mask.astype(np.uint8), "mask_eroded": mask_eroded.astype(np.uint8),
-           "mask_background": np.asarray(bg_mask, np.uint8),
+           "mask_background": np.asarray(bg_mask, np.uint8), "mask_boundary": np.asarray(bnd_mask, np.uint8),
            "r2star": r2s, "magnitude": magnitude}
     p(0.9, "R2 and R2'")
     if se_mag is not None:
