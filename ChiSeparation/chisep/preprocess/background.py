@@ -276,7 +276,8 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
     with ``g``'s boundary values: the local field of sources inside the brain is not zero on the
     brain's surface, so part of it is lost (about a fifth of its norm on simulated heads). Here
     (1) ``f1 = lbv(field)``; (2) ``chi = qsm_closed_form(f1)``, referenced to its median in the
-    mask; (3) ``f_chi = D * chi`` (the field of that map, sources inside the mask only); (4) the
+    mask and extended to the mask's shell from the nearest inner voxel; (3) ``f_chi = D * chi`` (the
+    field of that map, sources inside the mask only); (4) the
     result is ``f1 + H[f_chi]``, with ``H[f_chi] = f_chi - lbv(f_chi)``, computed as
     ``f_chi + lbv(field - f_chi)``. A background field does not enter step 4, so the correction
     cannot bring it back; the result is exact when ``chi`` is.
@@ -314,7 +315,13 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
     f1 = solve(field)
     if inner.any():
         chi = qsm_closed_form(f1, inner, vs, b0_dir, lam=lam)
-        chi = (chi - np.median(chi[inner])) * m
+        chi = chi - np.median(chi[inner])
+        # the shell's own chi (the first map has none there) is most of the local field's values
+        # on the boundary: take it from the nearest inner voxel (seed 21, 1 mm tilted: 20.6 -> 17.7 %)
+        sl = _bbox(m, 1)
+        near = ndi.distance_transform_edt(~inner[sl], sampling=vs, return_distances=False, return_indices=True)
+        chi[sl] = chi[sl][tuple(near)]
+        chi = chi * m
         f_chi = physics.forward_field(chi, vs, b0_dir, pad_factor=1.5)
         f1 = f_chi + solve_b(field - f_chi)
     elif boundary_mask is not None:
