@@ -345,7 +345,7 @@ def test_partial_volume_surface_voxels_left_out_of_lbv_qsm_boundary():
     brain (magnitude halved), and their field is off by about the local field's SD (the
     signal-weighted field of their brain half). partial_volume_surface flags exactly them; LBV-QSM
     that takes its boundary values without them halves the error they carry inward."""
-    from chisep.preprocess import partial_volume_surface, reliable_mask
+    from chisep.preprocess import lbv_boundary_mask, partial_volume_surface, reliable_mask
 
     vs = np.ones(3)
     shape = (64, 64, 64)
@@ -360,7 +360,8 @@ def test_partial_volume_surface_voxels_left_out_of_lbv_qsm_boundary():
     field = bg + local + np.where(cap, 0.002, 0.0)                # ppm; ~0.7 x the local field's SD
     pv = partial_volume_surface(m, mag)
     assert np.array_equal(pv, cap)
-    keep = reliable_mask(m, ~pv) > 0
+    keep = lbv_boundary_mask(m, mag) > 0
+    assert np.array_equal(keep, reliable_mask(m, ~pv) > 0)
     a, ma = lbv_qsm(field, m, vs)
     b, mb = lbv_qsm(field, m, vs, boundary_mask=keep)
     c, mc = lbv_qsm(field, m, vs, boundary_mask=m)                # same as no boundary_mask

@@ -9,7 +9,7 @@ noiseless *true* total field with the same mask (what background removal alone l
 of the truth local field near the brain surface); "d>6mm" evaluates only voxels deeper than 6 mm.
 "LBV %" is the NRMSE of LBV (:func:`chisep.preprocess.lbv`, fourth-order compact Laplacian) applied to
 the same chain's total field on the same background-removal mask without its partial-volume surface
-voxels (``mask_boundary``), in its own mask_eroded (that mask
+voxels (:func:`chisep.preprocess.lbv_boundary_mask`), in its own mask_eroded (that mask
 minus its one-voxel shell), "LBV>4mm %" in the mask eroded by 4 mm; "7pt %" / "7pt>4mm %" the same
 with the classic 7-point Laplacian; "LBV-QSM %" / "LBV-QSM>4mm %" for :func:`chisep.preprocess.lbv_qsm`
 (LBV plus the local field's boundary values estimated from a first QSM).
@@ -24,7 +24,7 @@ import numpy as np
 from chisep import physics
 import scipy.ndimage as ndi
 
-from chisep.preprocess import dice, erode, lbv, lbv_qsm, preprocess_gre, vsharp
+from chisep.preprocess import dice, erode, lbv, lbv_boundary_mask, lbv_qsm, preprocess_gre, vsharp
 from chisep.simulate import simulate_head
 
 
@@ -76,14 +76,15 @@ def main():
             v = (valid > 0) & (T["mask"] > 0)
             return tuple(_nrmse(local[s_], T["local_field"][s_]) for s_ in (v, v & deep4))
 
+        bnd = lbv_boundary_mask(o["mask_background"], o["magnitude"])
         t1 = time.perf_counter()
-        lb, lm = lbv(total_ppm, o["mask_boundary"], h.voxel_size)
+        lb, lm = lbv(total_ppm, bnd, h.voxel_size)
         t_lbv = time.perf_counter() - t1
         n_lbv, n_lbv4 = score(lb, lm)
-        n_7, n_74 = score(*lbv(total_ppm, o["mask_boundary"], h.voxel_size, stencil="7-point"))
+        n_7, n_74 = score(*lbv(total_ppm, bnd, h.voxel_size, stencil="7-point"))
         t2 = time.perf_counter()
         lq, mq = lbv_qsm(total_ppm, o["mask_background"], h.voxel_size, physics.b0_direction_from_affine(h.affine),
-                         boundary_mask=o["mask_boundary"])
+                         boundary_mask=bnd)
         t_q = time.perf_counter() - t2
         n_q, n_q4 = score(lq, mq)
         print(f"{name:<22}{t:>8.1f}{dice(o['mask'], T['mask']):>7.3f}{nrmse:>15.1f}{nrmse_core:>8.1f}{floor:>9.1f}{nr_deep:>9.1f}{rel['r2star']:>11.2f}"

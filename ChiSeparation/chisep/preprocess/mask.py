@@ -112,6 +112,12 @@ def partial_volume_surface(mask, magnitude, ratio: float = 0.8) -> np.ndarray:
     return m & ~inner & (ref > 0) & (mag < float(ratio) * ref)
 
 
+def lbv_boundary_mask(mask, magnitude, ratio: float = 0.8) -> np.ndarray:
+    """``mask`` without its partial-volume surface voxels (:func:`partial_volume_surface`), as one
+    piece (:func:`reliable_mask`): the mask whose shell LBV and LBV-QSM take boundary values on. uint8."""
+    return reliable_mask(mask, ~partial_volume_surface(mask, magnitude, ratio))
+
+
 def dice(a, b) -> float:
     """Dice overlap of two binary masks."""
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
@@ -119,4 +125,4 @@ def dice(a, b) -> float:
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
 
 
-__all__ = ["brain_mask", "erode", "dice", "largest_component", "otsu_threshold", "partial_volume_surface", "reliable_mask", "physics"]
+__all__ = ["brain_mask", "erode", "dice", "largest_component", "otsu_threshold", "lbv_boundary_mask", "partial_volume_surface", "reliable_mask", "physics"]

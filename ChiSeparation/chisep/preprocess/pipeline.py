@@ -8,7 +8,7 @@ from ..io import InputError
 from ..progress import scaled
 from .background import lbv, lbv_qsm, pdf, vsharp
 from .combine import combine_echoes, dephasing_significance, echo_fit_residual, initial_frequency
-from .mask import brain_mask, partial_volume_surface, reliable_mask
+from .mask import brain_mask, lbv_boundary_mask, reliable_mask
 from .relaxometry import r2_from_se, r2star
 from .unwrap import unwrap_echoes
 
@@ -56,15 +56,15 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
         all) the field is the initial slope of a quadratic phase fit (:func:`initial_frequency`)
         instead of the linear fit; None = linear fit everywhere. Needs 3 or more echoes.
     partial_volume_ratio : LBV and LBV-QSM leave out of their boundary the surface voxels the brain
-        only partly fills (:func:`partial_volume_surface` with this ratio); None keeps them.
+        only partly fills (:func:`lbv_boundary_mask` with this ratio); None keeps them.
     progress : optional ``progress(fraction, message)``.
 
     Returns
     -------
     dict of 3-D float32 maps on the input grid: ``local_field`` (ppm, 0 outside ``mask_eroded``),
     ``total_field_hz``, ``field_weight`` (0..1), ``mask``, ``mask_eroded`` (uint8), ``mask_background``
-    (uint8, the mask background removal worked on), ``mask_boundary`` (uint8, ``mask_background``
-    without its partial-volume surface voxels: LBV's boundary), ``r2star`` (Hz),
+    (uint8, the mask background removal worked on), ``mask_boundary`` (uint8, LBV and LBV-QSM
+    only: ``mask_background`` without its partial-volume surface voxels, their boundary), ``r2star`` (Hz),
     ``r2`` and ``r2prime`` (Hz, when SE or R2 is given), ``magnitude``.
     """
     mag = _check("GRE magnitude", mag, 4).astype(np.float32)
@@ -112,9 +112,8 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
         field_hz[sel] = initial_frequency(unw[sel], mag[sel], te, phase_sign)
     del unw
     bnd_mask = bg_mask
-    if partial_volume_ratio is not None:
-        pv = partial_volume_surface(bg_mask, magnitude, partial_volume_ratio)
-        bnd_mask = reliable_mask(bg_mask, ~pv)
+    if partial_volume_ratio is not None and bg_method in ("lbv", "lbv-qsm"):
+        bnd_mask = lbv_boundary_mask(bg_mask, magnitude, partial_volume_ratio)
     p(0.5, f"background field removal ({bg_method})")
     if bg_method == "vsharp":
         local_hz, mask_eroded = vsharp(field_hz, bg_mask, vs, max_radius_mm=vsharp_radius_mm)
@@ -127,8 +126,10 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     out = {"local_field": physics.hz_to_ppm(local_hz, b0_t).astype(np.float32),
            "total_field_hz": field_hz, "field_weight": weight * mask_eroded,
            "mask": mask.astype(np.uint8), "mask_eroded": mask_eroded.astype(np.uint8),
-           "mask_background": np.asarray(bg_mask, np.uint8), "mask_boundary": np.asarray(bnd_mask, np.uint8),
+           "mask_background": np.asarray(bg_mask, np.uint8),
            "r2star": r2s, "magnitude": magnitude}
+    if bg_method in ("lbv", "lbv-qsm"):
+        out["mask_boundary"] = np.asarray(bnd_mask, np.uint8)
     p(0.9, "R2 and R2'")
     if se_mag is not None:
         se_mag = _check("SE magnitude", se_mag, 4)
