@@ -34,6 +34,7 @@ def main(argv=None):
     ap.add_argument("--tilt", type=float, default=0.0)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--bg-method", help="background removal of the chain (default: the chain's own)")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--weights-dir", help="evaluate the weights in this folder instead of the built-in ones "
                                           "(same file names as Resources/Weights; sets CHISEP_WEIGHTS_DIR)")
@@ -46,7 +47,8 @@ def main(argv=None):
         t0 = time.perf_counter()
         head = simulate_head(seed=seed, size=args.size, snr=args.snr, tilt_deg=args.tilt)
         with tempfile.TemporaryDirectory() as tmp:
-            ev = evaluate_head(head, tmp, args.methods, device=args.device)
+            ev = evaluate_head(head, tmp, args.methods, device=args.device,
+                               preprocess_options={"bg_method": args.bg_method} if args.bg_method else None)
         if ev.skipped:
             print("skipped:", ev.skipped, file=sys.stderr)
         per_head.append(ev.accuracy)

@@ -30,8 +30,10 @@ class Evaluation:
     timings: dict = field(default_factory=dict)
 
 
-def preprocess_from_files(data_dir, progress=None) -> Maps:
-    """Read ``gre_mag/gre_phase[/se_mag].nii.gz`` + sidecars as a user's run would, and preprocess."""
+def preprocess_from_files(data_dir, progress=None, **options) -> Maps:
+    """Read ``gre_mag/gre_phase[/se_mag].nii.gz`` + sidecars as a user's run would, and preprocess.
+
+    ``options`` go to :func:`chisep.preprocess.preprocess_gre` (e.g. ``bg_method``)."""
     from .preprocess import load_echoes, load_gre
 
     data_dir = Path(data_dir)
@@ -42,7 +44,7 @@ def preprocess_from_files(data_dir, progress=None) -> Maps:
         se_mag, se_te = se["data"], se["te_s"]
     return preprocess_raw(acq["mag"], acq["phase"], acq["te_s"], acq["affine"], b0_t=acq["b0_t"],
                           se_mag=se_mag, se_te_s=se_te, phase_sign=acq.get("phase_sign", 1),
-                          b0_dir=acq.get("b0_dir"), progress=progress)
+                          b0_dir=acq.get("b0_dir"), progress=progress, **options)
 
 
 def run_methods(maps: Maps, methods=METHODS, weights=None, device="auto", progress=None,
@@ -119,8 +121,11 @@ def lesion_summary(rows: list, methods) -> dict:
     return out
 
 
-def evaluate_head(head, data_dir, methods=METHODS, weights=None, device="auto", progress=None) -> Evaluation:
-    """Write ``head``'s acquisitions to ``data_dir``, run the whole chain and every method, score them."""
+def evaluate_head(head, data_dir, methods=METHODS, weights=None, device="auto", progress=None,
+                  preprocess_options=None) -> Evaluation:
+    """Write ``head``'s acquisitions to ``data_dir``, run the whole chain and every method, score them.
+
+    ``preprocess_options`` (dict) go to :func:`chisep.preprocess.preprocess_gre`."""
     from . import metrics
     from .report import accuracy
     from .simulate import TISSUE_LABELS, write_simulation
@@ -128,7 +133,7 @@ def evaluate_head(head, data_dir, methods=METHODS, weights=None, device="auto", 
     timings = {}
     t = time.perf_counter()
     write_simulation(head, data_dir)
-    maps = preprocess_from_files(data_dir, progress=scaled(progress, 0.0, 0.35))
+    maps = preprocess_from_files(data_dir, progress=scaled(progress, 0.0, 0.35), **(preprocess_options or {}))
     timings["preprocess"] = round(time.perf_counter() - t, 2)
     results, skipped = run_methods(maps, methods, weights, device, scaled(progress, 0.35, 0.95))
     for m, r in results.items():
