@@ -266,6 +266,25 @@ def _lbv_solver(mask, vs, stencil, tol, max_iter):
     return solve, inner
 
 
+def extend_to_mask(values, known, mask, voxel_size=(1.0, 1.0, 1.0)):
+    """Fill ``mask`` from ``values`` on ``known`` (inside it): each voxel takes its nearest known voxel's value.
+
+    LBV-QSM's first susceptibility map lives on the inner voxels only, but the shell's own chi is
+    most of the local field's values on the boundary (simulated head, seed 21, 1 mm tilted:
+    20.6 -> 17.7 % with the shell filled this way).
+
+    Returns a float array, zero outside ``mask``.
+    """
+    m = np.asarray(mask) > 0
+    k = np.asarray(known) > 0
+    out = np.array(values, dtype=np.result_type(np.asarray(values).dtype, np.float32))
+    sl = _bbox(m, 1)
+    near = ndi.distance_transform_edt(~k[sl], sampling=np.broadcast_to(np.asarray(voxel_size, float), (3,)),
+                                      return_distances=False, return_indices=True)
+    out[sl] = out[sl][tuple(near)]
+    return out * m
+
+
 def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 0.1,
             stencil: str = "compact", peel_mm: float = 0.0, tol: float = 1e-7, max_iter: int = 3000,
             boundary_mask=None):
@@ -315,13 +334,7 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
     f1 = solve(field)
     if inner.any():
         chi = qsm_closed_form(f1, inner, vs, b0_dir, lam=lam)
-        chi = chi - np.median(chi[inner])
-        # the shell's own chi (the first map has none there) is most of the local field's values
-        # on the boundary: take it from the nearest inner voxel (seed 21, 1 mm tilted: 20.6 -> 17.7 %)
-        sl = _bbox(m, 1)
-        near = ndi.distance_transform_edt(~inner[sl], sampling=vs, return_distances=False, return_indices=True)
-        chi[sl] = chi[sl][tuple(near)]
-        chi = chi * m
+        chi = extend_to_mask(chi - np.median(chi[inner]), inner, m, vs)
         f_chi = physics.forward_field(chi, vs, b0_dir, pad_factor=1.5)
         f1 = f_chi + solve_b(field - f_chi)
     elif boundary_mask is not None:
