@@ -285,6 +285,17 @@ def extend_to_mask(values, known, mask, voxel_size=(1.0, 1.0, 1.0)):
     return out * m
 
 
+def first_susceptibility_map(local_field, inner, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
+                             lam: float = 0.1):
+    """LBV-QSM's first map: closed-form QSM of ``local_field`` on ``inner``, referenced to its median
+    there and extended to ``mask`` (:func:`extend_to_mask`). ppm in, ppm out, zero outside ``mask``."""
+    from ..qsm import qsm_closed_form
+
+    inner = np.asarray(inner) > 0
+    chi = qsm_closed_form(local_field, inner, voxel_size, b0_dir, lam=lam)
+    return extend_to_mask(chi - np.median(chi[inner]), inner, mask, voxel_size)
+
+
 def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 0.1,
             stencil: str = "compact", peel_mm: float = 0.0, tol: float = 1e-7, max_iter: int = 3000,
             boundary_mask=None):
@@ -321,8 +332,6 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
     local : (X, Y, Z) float32, zero outside ``mask_eroded``.
     mask_eroded : (X, Y, Z) uint8.
     """
-    from ..qsm import qsm_closed_form
-
     vs = np.broadcast_to(np.asarray(voxel_size, float), (3,))
     m = np.asarray(mask) > 0
     solve, inner = _lbv_solver(m, vs, stencil, tol, max_iter)
@@ -333,8 +342,7 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
     field = np.asarray(field, np.float64)
     f1 = solve(field)
     if inner.any():
-        chi = qsm_closed_form(f1, inner, vs, b0_dir, lam=lam)
-        chi = extend_to_mask(chi - np.median(chi[inner]), inner, m, vs)
+        chi = first_susceptibility_map(f1, inner, m, vs, b0_dir, lam)
         f_chi = physics.forward_field(chi, vs, b0_dir, pad_factor=1.5)
         f1 = f_chi + solve_b(field - f_chi)
     elif boundary_mask is not None:
