@@ -7,7 +7,8 @@ from .. import physics
 from ..io import InputError
 from ..progress import scaled
 from .background import lbv, lbv_qsm, pdf, vsharp
-from .combine import combine_echoes, dephasing_significance, echo_fit_residual, initial_frequency
+from .combine import (combine_echoes, dephasing_significance, echo_fit_residual, initial_frequency,
+                      surface_field_correction)
 from .mask import brain_mask, lbv_boundary_mask, reliable_mask
 from .relaxometry import r2_from_se, r2star
 from .unwrap import unwrap_echoes
@@ -29,7 +30,8 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
                    mask=None, phase_sign: int = 1, unwrap: str = "region-growing", bg_method: str = "vsharp",
                    vsharp_radius_mm: float = 12.0, b0_dir=None, bipolar: bool = False, phi0_smooth_mm: float = 1.0,
                    max_fit_residual_hz: float | None = 2.0, dephasing_fit_z: float | None = 5.0,
-                   partial_volume_ratio: float | None = 0.8, progress=None) -> dict:
+                   partial_volume_ratio: float | None = 0.8, surface_correction: bool = True,
+                   progress=None) -> dict:
     """Raw multi-echo GRE (+ optional SE or R2 map) -> maps for chi-separation.
 
     Parameters
@@ -57,6 +59,9 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
         instead of the linear fit; None = linear fit everywhere. Needs 3 or more echoes.
     partial_volume_ratio : LBV and LBV-QSM leave out of their boundary the surface voxels the brain
         only partly fills (:func:`lbv_boundary_mask` with this ratio); None keeps them.
+    surface_correction : move the field of the background mask's partial-volume surface voxels to
+        their centres along the thick axis of anisotropic voxels (:func:`surface_field_correction`;
+        ``total_field_hz`` is the corrected field); isotropic voxels are not changed.
     progress : optional ``progress(fraction, message)``.
 
     Returns
@@ -107,10 +112,13 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
         bg_mask = reliable_mask(mask, resid <= float(max_fit_residual_hz))
         if bg_mask.sum() < 0.5 * mask.sum():   # a poor fit almost everywhere: keep the mask as it is
             bg_mask = mask
+    initial = None
     if dephasing_fit_z is not None and te.size >= 3:
-        sel = dephasing_significance(unw, mag, te, mask) > float(dephasing_fit_z)
-        field_hz[sel] = initial_frequency(unw[sel], mag[sel], te, phase_sign)
+        initial = dephasing_significance(unw, mag, te, mask) > float(dephasing_fit_z)
+        field_hz[initial] = initial_frequency(unw[initial], mag[initial], te, phase_sign)
     del unw
+    if surface_correction:
+        field_hz = surface_field_correction(field_hz, mag, te, bg_mask, vs, initial)
     bnd_mask = bg_mask
     if partial_volume_ratio is not None and bg_method in ("lbv", "lbv-qsm"):
         bnd_mask = lbv_boundary_mask(bg_mask, magnitude, partial_volume_ratio)
