@@ -88,7 +88,7 @@ def main():
         t_q = time.perf_counter() - t2
         n_q, n_q4 = score(lq, mq)
         print(f"{name:<22}{t:>8.1f}{dice(o['mask'], T['mask']):>7.3f}{nrmse:>15.1f}{nrmse_core:>8.1f}{floor:>9.1f}{nr_deep:>9.1f}{rel['r2star']:>11.2f}"
-              f"{rel['r2']:>10.2f}{jumps:>9.3f}{n_lbv:>7.1f}{n_lbv4:>10.1f}{t_lbv:>7.1f}{n_7:>7.1f}{n_74:>10.1f}{n_q:>10.1f}{n_q4:>14.1f}{t_q:>5.0f}", flush=True)
+              f"{rel['r2']:>10.2f}{jumps:>9.3f}{n_lbv:>7.1f}{n_lbv4:>10.1f}{t_lbv:>7.1f}{n_7:>7.1f}{n_74:>10.1f}{n_q:>10.2f}{n_q4:>14.2f}{t_q:>5.0f}", flush=True)
 
 
 if __name__ == "__main__":

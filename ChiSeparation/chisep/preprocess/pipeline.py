@@ -30,7 +30,7 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
                    mask=None, phase_sign: int = 1, unwrap: str = "region-growing", bg_method: str = "vsharp",
                    vsharp_radius_mm: float = 12.0, b0_dir=None, bipolar: bool = False, phi0_smooth_mm: float = 1.0,
                    max_fit_residual_hz: float | None = 2.0, dephasing_fit_z: float | None = 5.0,
-                   partial_volume_ratio: float | None = 0.8, surface_correction: bool = True,
+                   partial_volume_ratio: float | None = 0.9, surface_correction: bool = True,
                    progress=None) -> dict:
     """Raw multi-echo GRE (+ optional SE or R2 map) -> maps for chi-separation.
 
