@@ -443,3 +443,22 @@ def test_surface_field_correction_moves_half_filled_thick_voxels_to_their_centre
     np.testing.assert_array_equal(surface_field_correction(field, mag, te, mask, (1.0, 1.0, 1.0)), field)
     out_z = surface_field_correction(field, mag, te, mask, (1.0, 1.0, 1.0), axes=(2,))
     np.testing.assert_allclose(out_z, out, atol=1e-6)
+
+
+def test_lbv_qsm_refinement_keeps_the_maps_linear_trend():
+    """The re-estimated map may change everything but a constant and a linear trend over the mask
+    (fields of which are harmonic in the brain: no data pins them): the helper removes exactly those."""
+    from chisep.preprocess.background import _without_linear_trend
+
+    rng = np.random.default_rng(0)
+    x = np.meshgrid(*[np.arange(n, dtype=float) for n in (12, 10, 8)], indexing="ij")
+    m = (x[0] - 6) ** 2 + (x[1] - 5) ** 2 + (x[2] - 4) ** 2 < 16
+    trend = 0.3 - 0.02 * x[0] + 0.05 * x[1] + 0.01 * x[2]
+    np.testing.assert_allclose(_without_linear_trend(trend, m), 0.0, atol=1e-12)
+    g = rng.normal(size=m.shape)
+    out = _without_linear_trend(trend + g, m)
+    assert np.all(out[~m] == 0)
+    np.testing.assert_allclose(out, _without_linear_trend(g, m), atol=1e-12)
+    basis = np.stack([np.ones(m.sum())] + [xi[m] for xi in x], 1)
+    np.testing.assert_allclose(basis.T @ out[m], 0.0, atol=1e-9)      # orthogonal to the trends
+    assert np.linalg.norm(out[m]) > 0.9 * np.linalg.norm(g[m])         # and little else removed

@@ -285,6 +285,20 @@ def extend_to_mask(values, known, mask, voxel_size=(1.0, 1.0, 1.0)):
     return out * m
 
 
+def _without_linear_trend(values, mask):
+    """``values`` minus its least-squares fit by ``a + b.x`` over ``mask`` (zero outside ``mask``)."""
+    m = np.asarray(mask) > 0
+    idx = np.nonzero(m)
+    x = np.stack(idx, 1).astype(np.float64)
+    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
+    basis = np.column_stack([np.ones(len(x)), x])
+    q, _ = np.linalg.qr(basis)
+    v = np.asarray(values, np.float64)[idx]
+    out = np.zeros(m.shape)
+    out[idx] = v - q @ (q.T @ v)
+    return out
+
+
 def first_susceptibility_map(local_field, inner, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
                              lam: float = 0.1):
     """LBV-QSM's first map: closed-form QSM of ``local_field`` on ``inner``, referenced to its median
@@ -298,7 +312,7 @@ def first_susceptibility_map(local_field, inner, mask, voxel_size=(1.0, 1.0, 1.0
 
 def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 0.1,
             stencil: str = "compact", peel_mm: float = 0.0, tol: float = 1e-7, max_iter: int = 3000,
-            boundary_mask=None):
+            boundary_mask=None, refine: int = 1):
     """LBV whose missing part — the local field's own values on the mask boundary — is estimated
     from a first susceptibility map and put back.
 
@@ -326,6 +340,12 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
         a smooth map is what the boundary values need).
     stencil, peel_mm, tol, max_iter : as for :func:`lbv`.
     boundary_mask : optional (X, Y, Z) mask for step 4 (default ``mask``); the result lives on it.
+    refine : repeat steps 2-4 this many times, the map re-estimated from the corrected local field on
+        step 4's inner voxels; the update keeps the map's constant and linear trend (their field is
+        harmonic in the brain, so no field pins them, and unconstrained re-estimation lets them drift:
+        1x1x2 mm seed 23 straight, 20.0 -> 24.8 -> 31.3 % over two rounds). One round (default) on
+        the tuning head, seed 23: 1 mm 15.89 -> 15.17 % straight, 18.23 -> 17.04 % tilted; 1x1x2 mm
+        18.19 -> 18.08 % and 20.14 -> 19.63 %; a second round gains nothing (18.26, 19.57 %).
 
     Returns
     -------
@@ -343,8 +363,13 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
     f1 = solve(field)
     if inner.any():
         chi = first_susceptibility_map(f1, inner, m, vs, b0_dir, lam)
-        f_chi = physics.forward_field(chi, vs, b0_dir, pad_factor=1.5)
-        f1 = f_chi + solve_b(field - f_chi)
+        for it in range(int(refine) + 1):
+            f_chi = physics.forward_field(chi, vs, b0_dir, pad_factor=1.5)
+            local = f_chi + solve_b(field - f_chi)
+            if it < refine:
+                new = first_susceptibility_map(local, inner_b, m, vs, b0_dir, lam)
+                chi = chi + _without_linear_trend(new - chi, m)
+        f1 = local
     elif boundary_mask is not None:
         f1 = solve_b(field)
     valid = erode(inner_b, peel_mm, vs) if peel_mm > 0 else inner_b

@@ -31,7 +31,7 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
                    vsharp_radius_mm: float = 12.0, b0_dir=None, bipolar: bool = False, phi0_smooth_mm: float = 1.0,
                    max_fit_residual_hz: float | None = 2.0, dephasing_fit_z: float | None = 5.0,
                    partial_volume_ratio: float | None = 0.9, surface_correction: bool = True,
-                   progress=None) -> dict:
+                   lbv_qsm_refine: int = 1, progress=None) -> dict:
     """Raw multi-echo GRE (+ optional SE or R2 map) -> maps for chi-separation.
 
     Parameters
@@ -62,6 +62,7 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     surface_correction : move the field of the background mask's partial-volume surface voxels to
         their centres along the thick axis of anisotropic voxels (:func:`surface_field_correction`;
         ``total_field_hz`` is the corrected field); isotropic voxels are not changed.
+    lbv_qsm_refine : LBV-QSM's re-estimations of its susceptibility map (:func:`lbv_qsm` ``refine``).
     progress : optional ``progress(fraction, message)``.
 
     Returns
@@ -128,7 +129,7 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     elif bg_method == "lbv":
         local_hz, mask_eroded = lbv(field_hz, bnd_mask, vs)
     elif bg_method == "lbv-qsm":
-        local_hz, mask_eroded = lbv_qsm(field_hz, bg_mask, vs, b0_dir, boundary_mask=bnd_mask)
+        local_hz, mask_eroded = lbv_qsm(field_hz, bg_mask, vs, b0_dir, boundary_mask=bnd_mask, refine=lbv_qsm_refine)
     else:
         local_hz, mask_eroded = pdf(field_hz, bg_mask, vs, b0_dir, weight=weight)
     out = {"local_field": physics.hz_to_ppm(local_hz, b0_t).astype(np.float32),
