@@ -462,3 +462,10 @@ def test_lbv_qsm_refinement_keeps_the_maps_linear_trend():
     basis = np.stack([np.ones(m.sum())] + [xi[m] for xi in x], 1)
     np.testing.assert_allclose(basis.T @ out[m], 0.0, atol=1e-9)      # orthogonal to the trends
     assert np.linalg.norm(out[m]) > 0.9 * np.linalg.norm(g[m])         # and little else removed
+    flat = np.zeros((6, 7, 3), bool)
+    flat[:, :, 1] = True                                               # one slice: no trend along z
+    xf = np.meshgrid(*[np.arange(n, dtype=float) for n in flat.shape], indexing="ij")
+    gf = rng.normal(size=flat.shape)
+    out_f = _without_linear_trend(gf + 0.1 * xf[0] - 0.2 * xf[1], flat)
+    np.testing.assert_allclose(out_f, _without_linear_trend(gf, flat), atol=1e-12)
+    assert np.linalg.norm(out_f[flat]) > 0.8 * np.linalg.norm(gf[flat])

@@ -290,7 +290,8 @@ def _without_linear_trend(values, mask):
     m = np.asarray(mask) > 0
     idx = np.nonzero(m)
     x = np.stack(idx, 1).astype(np.float64)
-    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
+    sd = x.std(0)
+    x = (x[:, sd > 0] - x.mean(0)[sd > 0]) / sd[sd > 0]          # a flat mask has no trend along its thin axis
     basis = np.column_stack([np.ones(len(x)), x])
     q, _ = np.linalg.qr(basis)
     v = np.asarray(values, np.float64)[idx]
