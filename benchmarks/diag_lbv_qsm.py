@@ -4,7 +4,8 @@ LBV-QSM (:func:`chisep.preprocess.lbv_qsm`) returns ``f_chi + LBV(field - f_chi)
 field of a first susceptibility map; its error is the measured field's own error plus the harmonic
 extension of ``f_chi - f_local`` on the boundary. Each row swaps one ingredient for the truth:
 
-* ``chain``: LBV-QSM as the chain runs it (measured total field, closed-form first map).
+* ``chain``: LBV-QSM as the chain runs it (measured total field, closed-form first map re-estimated
+  once, :func:`chisep.preprocess.lbv_qsm` ``refine``); the two "true field" rows run the same.
 * ``true field on the shell``: the measured field with the true total field on the mask's one-voxel
   shell (the boundary values LBV interpolates and the first map sees).
 * ``true total field``: the true total field everywhere (the method's own error).

@@ -178,13 +178,15 @@ def surface_field_correction(field_hz, mag, te_s, mask, voxel_size=(1.0, 1.0, 1.
     """
     from scipy import ndimage as ndi
 
+    if axes is None:
+        vs = np.broadcast_to(np.asarray(voxel_size, float), (3,))
+        axes = [ax for ax in range(3) if vs[ax] >= 1.5 * vs.min()]
+    if not len(axes):                                                  # isotropic: nothing to correct
+        return np.asarray(field_hz, np.float32)
     m = np.asarray(mask) > 0
     f = np.asarray(field_hz, np.float64)
     mag = np.asarray(mag)
     te = np.asarray(te_s, float)
-    if axes is None:
-        vs = np.broadcast_to(np.asarray(voxel_size, float), (3,))
-        axes = [ax for ax in range(3) if vs[ax] >= 1.5 * vs.min()]
     shell = m & ~ndi.binary_erosion(m)
     out = f.copy()
     for ax in axes:
