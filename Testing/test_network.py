@@ -187,10 +187,16 @@ def test_r2star_pipeline_uses_its_own_builtin_chisepnet_when_installed(tmp_path,
     assert Path(resolve_weights("chisepnet-r2star", {"chisepnet": own})["chisepnet"].path) == own
 
 
-def test_default_builtin_dir_is_the_repo_resources(monkeypatch):
+def test_default_builtin_dir_is_package_data(monkeypatch):
+    import chisep
+
     monkeypatch.delenv("CHISEP_WEIGHTS_DIR", raising=False)
     d = W.builtin_weights_dir()
-    assert d.parts[-2:] == ("Resources", "Weights")
+    assert d == Path(chisep.__file__).resolve().parent / "weights"
+    # every built-in file is there, with the model card its report cites
+    for name in list(W.BUILTIN_FILES.values())[:2] + [W.BUILTIN_R2STAR_CHISEPNET]:
+        assert (d / name).is_file(), name
+    assert (d / "MODEL_CARD.md").is_file()
 
 
 @pytest.mark.parametrize("dynamic", [True, False])

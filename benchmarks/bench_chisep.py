@@ -37,7 +37,7 @@ def main(argv=None):
     ap.add_argument("--bg-method", help="background removal of the chain (default: the chain's own)")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--weights-dir", help="evaluate the weights in this folder instead of the built-in ones "
-                                          "(same file names as Resources/Weights; sets CHISEP_WEIGHTS_DIR)")
+                                          "(same file names as the built-in chisep/weights; sets CHISEP_WEIGHTS_DIR)")
     args = ap.parse_args(argv)
     if args.weights_dir:
         os.environ["CHISEP_WEIGHTS_DIR"] = os.path.abspath(args.weights_dir)

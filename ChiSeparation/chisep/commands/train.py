@@ -12,7 +12,7 @@ Build the cache first (simulated heads + random-shape volumes through the infere
 Then for example:
     chisep train --out runs/r2p --kind chisepnet-r2prime --cache runs/cache --width 16 --steps 20000 \\
         --bf16 --channels-last --resume
-    chisep train --out runs/r2p --export Resources/Weights/chisepnet_r2prime.safetensors
+    chisep train --out runs/r2p --export ChiSeparation/chisep/weights/chisepnet_r2prime.safetensors
 """
 from __future__ import annotations
 

@@ -14,8 +14,9 @@ r2prime-from-r2star     r2star_over_dr                        r2prime_over_dr
 qsm                     field                                 qsm
 ======================  ===================================  ========================
 
-The built-in weights (our own, trained with ``chisep train``) live in ``Resources/Weights``; when a
-file is missing :func:`load_builtin` raises :class:`chisep.io.InputError` (never random weights).
+The built-in weights (our own, trained with ``chisep train``) are package data in ``chisep/weights``
+(:func:`builtin_weights_dir`, overridden by ``$CHISEP_WEIGHTS_DIR``); when a file is missing
+:func:`load_builtin` raises :class:`chisep.io.InputError` (never random weights).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ KINDS = {
     "qsm": (("field",), ("qsm",)),
 }
 
-#: file name of each kind's built-in weights in Resources/Weights
+#: file name of each kind's built-in weights in :func:`builtin_weights_dir`
 BUILTIN_FILES = {
     "chisepnet-r2prime": "chisepnet_r2prime.safetensors",
     "r2prime-from-r2star": "r2prime_from_r2star.safetensors",
@@ -420,22 +421,22 @@ def load_weights(path, kind: Optional[str] = None, norm: Optional[dict] = None) 
     raise InputError(f"{path}: unknown weights format; use .safetensors, .pth, .pth.tar or .onnx")
 
 
+#: environment variable naming a folder whose weight files replace the built-in ones (same file
+#: names as :data:`BUILTIN_FILES`); used to evaluate candidate weights without installing them
+WEIGHTS_DIR_ENV = "CHISEP_WEIGHTS_DIR"
+
+
 def builtin_weights_dir() -> Path:
-    """Where the built-in weights live: $CHISEP_WEIGHTS_DIR, else ``<repo>/Resources/Weights`` (source
-    tree) or ``<module dir>/Resources/Weights`` (Slicer install layout)."""
-    env = os.environ.get("CHISEP_WEIGHTS_DIR")
+    """The folder of the built-in weights, the one place every caller asks.
+
+    ``$CHISEP_WEIGHTS_DIR`` when set, else ``chisep/weights`` beside this package: the weights are
+    package data, so a source tree, an editable or a regular ``pip install`` and the Slicer module
+    (which copies ``chisep/`` whole) all find them at the same relative place.
+    """
+    env = os.environ.get(WEIGHTS_DIR_ENV)
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    cands = [here.parents[3] / "Resources" / "Weights",   # <repo>/Resources/Weights
-             here.parents[2] / "Resources" / "Weights"]   # <module dir>/Resources/Weights (Slicer)
-    for c in cands:
-        if c.is_dir() and any(c.glob("*.safetensors")):
-            return c
-    for c in cands:
-        if c.is_dir():
-            return c
-    return cands[0]
+    return Path(__file__).resolve().parents[1] / "weights"
 
 
 def builtin_path(kind: str) -> Path:
