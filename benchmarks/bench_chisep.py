@@ -49,8 +49,6 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             ev = evaluate_head(head, tmp, args.methods, device=args.device,
                                preprocess_options={"bg_method": args.bg_method} if args.bg_method else None)
-        if ev.skipped:
-            print("skipped:", ev.skipped, file=sys.stderr)
         per_head.append(ev.accuracy)
         lesion_rows += ev.lesion_rows
         timings.append(ev.timings)

@@ -72,7 +72,7 @@ def main(argv=None):
             w = {"chisepnet": path}
             if kind == "r2s" and args.r2prime_net:
                 w["r2prime"] = args.r2prime_net
-            r, _ = run_methods(maps, [method], weights=w, device=args.device, skip_missing_weights=False)
+            r = run_methods(maps, [method], weights=w, device=args.device)
             acc = accuracy(r[method].maps, T, ev)
             rows = lesion_rows(head, r) if head.lesion_table else []
             e = res.setdefault(f"{kind}:{name}", {"file": path, "para": [], "dia": [], "lesions": []})

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -110,7 +109,3 @@ def run(args) -> int:
     summary = train(cfg, log=lambda m: print(m, flush=True))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("last_losses",)}), flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(0)
