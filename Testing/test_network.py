@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from chisep.io import InputError  # noqa: E402
 from chisep.network import weights as W  # noqa: E402
 from chisep.network.inference import predict_chisep  # noqa: E402
-from chisep.network.unet import ChiSepUNet, count_parameters, fuse_batchnorm  # noqa: E402
+from chisep.network.unet import ChiSepUNet, fuse_batchnorm  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -51,7 +51,7 @@ def _ws(model, kind="chisepnet-r2prime"):
 
 def test_published_size_and_author_names():
     m = ChiSepUNet()
-    n = count_parameters(m)
+    n = sum(p.numel() for p in m.parameters())
     assert 22.4e6 < n < 22.8e6, n
     sd = m.state_dict()
     for name in AUTHOR_NAMES:
@@ -75,10 +75,17 @@ def test_forward_shapes_and_bn_fusion():
     assert torch.allclose(y, yf, atol=1e-5)
 
 
+def _save_published_checkpoint(model, path, epoch=0, module_prefix=False):
+    """Write ``model`` the way the published code saves it: ``{'epoch', 'state_dict'}``."""
+    sd = {("module." if module_prefix else "") + k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"epoch": int(epoch), "state_dict": sd}, str(path))
+    return path
+
+
 @pytest.mark.parametrize("prefix,suffix", [(False, ".pth"), (True, ".pth.tar")])
 def test_published_checkpoint_reproduces_outputs(tmp_path, prefix, suffix):
     m = _net(width=4, seed=1)
-    p = W.save_published_checkpoint(m, tmp_path / f"chisepnet{suffix}", epoch=7, module_prefix=prefix)
+    p = _save_published_checkpoint(m, tmp_path / f"chisepnet{suffix}", epoch=7, module_prefix=prefix)
     raw = torch.load(p, map_location="cpu", weights_only=True)
     assert raw["epoch"] == 7 and all(k.startswith("module.") == prefix for k in raw["state_dict"])
     ws = W.load_weights(p)

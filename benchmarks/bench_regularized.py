@@ -17,13 +17,10 @@ import time
 import numpy as np
 
 from chisep import physics
+from chisep.metrics import nrmse
 from chisep.qsm import qsm_closed_form
 from chisep.regularized import chi_separation_regularized
 from chisep.simulate import simulate_head
-
-
-def nrmse(p, t, m):
-    return 100.0 * float(np.linalg.norm((p - t)[m]) / np.linalg.norm(t[m]))
 
 
 def main():

@@ -9,11 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
-import numpy as np
-
-from .pipeline import METHODS, Maps, RunResult, preprocess_raw, separate
+from .pipeline import METHODS, Maps, preprocess_raw, separate
 from .progress import scaled
 
 

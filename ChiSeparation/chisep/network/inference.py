@@ -31,7 +31,7 @@ import torch
 from .. import geometry
 from ..io import InputError
 from ..physics import b0_direction_from_affine, voxel_size_from_affine
-from .unet import ChiSepUNet, fuse_batchnorm, fuse_relu
+from .unet import fuse_batchnorm, fuse_relu
 from .weights import BUILTIN_R2STAR_CHISEPNET, WeightSet, builtin_weights_dir, load_builtin, load_weights
 
 ProgressFn = Optional[Callable[[float, str], None]]

@@ -96,10 +96,6 @@ class ChiSepUNet(nn.Module):
         return self.out(d)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def fuse_batchnorm(model: ChiSepUNet) -> ChiSepUNet:
     """Fold every eval-mode BatchNorm into its convolution (in place; inference only).
 

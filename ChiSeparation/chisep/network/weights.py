@@ -293,14 +293,6 @@ def load_published(path, kind: Optional[str] = None, norm: Optional[dict] = None
                      path=str(path), sha256=file_sha256(path))
 
 
-def save_published_checkpoint(model, path, epoch: int = 0, module_prefix: bool = False):
-    """Write ``model`` the way the published code saves it (``{'epoch', 'state_dict'}``), for tests."""
-    sd = {("module." if module_prefix else "") + k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    path = Path(path)
-    torch.save({"epoch": int(epoch), "state_dict": sd}, str(path))
-    return path
-
-
 # --------------------------------------------------------------------------- ONNX
 class OnnxNet:
     """An ONNX export of the U-Net run with onnxruntime (CPU provider by default).
