@@ -1,4 +1,4 @@
-"""Metrics of DESIGN.md section 6 against analytic cases."""
+"""The evaluation metrics (docs/DESIGN.md, "Evaluation") against analytic cases."""
 import math
 
 import numpy as np

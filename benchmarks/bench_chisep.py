@@ -2,7 +2,7 @@
 
 Each head is simulated with a seed that training never used (training uses seeds >= 1000 and
 validation 900-999), written to disk, preprocessed from the raw GRE (+ SE) files exactly as
-``chisep run`` does, and separated by every method. Metrics (DESIGN.md section 6) are computed in
+``chisep run`` does, and separated by every method. Metrics (:mod:`chisep.metrics`, docs/DESIGN.md "Evaluation") are computed in
 the evaluation mask (brain minus CSF minus vessels) and averaged over heads.
 
     python benchmarks/bench_chisep.py [--seeds 11 12 13] [--size full] [--json out.json]

@@ -2,7 +2,7 @@
 
 Kinds: ``chisepnet-r2prime`` (3 -> 2: QSM, local field, R2'/Dr -> chi_para, |chi_dia|) and
 ``r2prime-from-r2star`` (1 -> 1: R2*/Dr -> R2'/Dr, for the GRE-only pipeline). The loss is the
-published one (DESIGN.md section 4): L1 on z-scored maps + 0.1 gradient-difference + physics terms
+published one (docs/DESIGN.md, "Network"): L1 on z-scored maps + 0.1 gradient-difference + physics terms
 in ppm; optimiser RMSprop, lr 3e-4. Resumable (``--resume`` continues from OUT/ckpt_last.pt),
 seeded (batches are a function of seed and step), logs JSON lines in OUT/metrics.jsonl.
 

@@ -1,6 +1,6 @@
 """chi-sepnet inference on any volume: geometry, padding, z-scoring, whole or tiled runs, CPU/GPU.
 
-The chain (DESIGN.md section 4) for every network pass:
+The chain (docs/DESIGN.md, "Network") for every network pass:
 
 1. rotate/resample to 1 mm isotropic with B0 along the third axis (:mod:`chisep.geometry`; nothing
    is resampled when the data already are);
@@ -107,8 +107,8 @@ class _Runner:
         fuse_batchnorm(m)
         self.channels_last = precision in ("channels_last", "bf16", "fp16")
         m = m.to(dev)
-        # bf16: weights cast once (BatchNorm already folded); measured ~15 % faster than autocast
-        # on CPU, same arithmetic (convolutions accumulate in fp32, activations stored as bf16)
+        # bf16: weights cast once (BatchNorm already folded): faster than autocast on the CPU
+        # (benchmarks/bench_inference.py), same arithmetic (fp32 accumulation, bf16 activations)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         m = m.to(self.dtype)
         if self.channels_last:

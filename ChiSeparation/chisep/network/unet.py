@@ -1,4 +1,4 @@
-"""The chi-sepnet 3-D U-Net (DESIGN.md section 4), with the authors' module names.
+"""The chi-sepnet 3-D U-Net (docs/DESIGN.md, "Network"), with the authors' module names.
 
 Four max-pool levels (spatial sizes must be multiples of 16), channels w, 2w, 4w, 8w, 16w, two
 Conv3d(3^3, pad 1) -> BatchNorm3d -> ReLU blocks per level, ConvTranspose3d(2, stride 2) up,

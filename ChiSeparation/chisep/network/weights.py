@@ -4,7 +4,7 @@ A :class:`WeightSet` bundles a ready-to-run model with what inference needs to u
 the per-channel z-score constants (``norm``: channel name -> (mean, std)), Dr and provenance.
 Normalisation constants always travel with the weights; inference never hard-wires them.
 
-Kinds and channels (names as in DESIGN.md section 4 and :mod:`chisep.training.data`):
+Kinds and channels (names as in docs/DESIGN.md, "Network", and :mod:`chisep.training.data`):
 
 ======================  ===================================  ========================
 kind                    inputs (in order)                     outputs
@@ -52,7 +52,7 @@ BUILTIN_FILES = {
 #: present and no chi-sepnet weights are given; otherwise that pipeline uses the R2' net's weights.
 BUILTIN_R2STAR_CHISEPNET = "chisepnet_r2star.safetensors"
 
-#: z-score constants (mean, std) of the published chi-sepnet weights (DESIGN.md section 4)
+#: z-score constants (mean, std) of the published chi-sepnet weights (docs/DESIGN.md, "Network")
 PUBLISHED_NORMALISATION = {
     "field": (-0.0026046, 0.0108497),
     "qsm": (-0.0013402, 0.0315040),

@@ -52,8 +52,8 @@ def unwrap_laplacian(phase: np.ndarray, voxel_size=(1.0, 1.0, 1.0), pad: int = 8
 
     ``L`` is the discrete Laplacian with the voxel spacing (mm) of each axis. The plain method
     underestimates steep phase (strong background fields), so the wrapped residual
-    ``angle(exp(i (p - phi)))`` is unwrapped again and added, ``n_iter`` times (on simulated heads
-    with 4 cycles across the brain this cuts the voxels off by a cycle from 0.8 % to 0.02 %).
+    ``angle(exp(i (p - phi)))`` is unwrapped again and added, ``n_iter`` times, which removes most
+    of the voxels left off by a whole cycle.
     The result is smooth and not congruent with ``phase`` (a property of the method); use
     :func:`make_congruent` to snap it to ``phase + 2 pi k``.
 
