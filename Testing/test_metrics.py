@@ -1,4 +1,4 @@
-"""Metrics of DESIGN.md section 6 against analytic cases."""
+"""The evaluation metrics (docs/DESIGN.md, "Evaluation") against analytic cases."""
 import math
 
 import numpy as np
@@ -63,7 +63,18 @@ def test_ssim_matches_reference_and_decreases_with_noise():
     assert vals[-1] < 0.8
 
 
-def test_evaluation_mask_and_roi_means():
+def test_nrmse_demeaned_ignores_an_offset():
+    rng = np.random.default_rng(1)
+    t = rng.standard_normal((6, 6, 6))
+    m = np.ones(t.shape, bool)
+    assert M.nrmse(t + 0.5, t, m, demean=True) == pytest.approx(0.0, abs=1e-12)
+    # a scaled map keeps its error: 10 % too large after removing the means
+    tc = t - t.mean()
+    assert M.nrmse(1.1 * tc + 3.0, tc, m, demean=True) == pytest.approx(10.0, rel=1e-9)
+    assert M.nrmse(t + 0.5, t, m) > 10
+
+
+def test_evaluation_mask():
     brain = np.zeros((5, 5, 5), bool)
     brain[1:4, 1:4, 1:4] = True
     csf = np.zeros_like(brain)
@@ -73,11 +84,6 @@ def test_evaluation_mask_and_roi_means():
     ev = M.evaluation_mask(brain, csf, ves)
     assert ev.sum() == 27 - 2 and not ev[2, 2, 2] and not ev[1, 1, 1]
     assert M.evaluation_mask(brain).sum() == 27
-    vol = np.arange(125, dtype=float).reshape(5, 5, 5)
-    lab = np.zeros((5, 5, 5), int)
-    lab[0, 0, :2] = 1   # values 0, 1
-    lab[4, 4, 4] = 2    # value 124
-    assert M.roi_means(vol, lab, {"a": 1, "b": 2, "empty": 3}) == {"a": 0.5, "b": 124.0}
 
 
 def test_errors():

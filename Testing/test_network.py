@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from chisep.io import InputError  # noqa: E402
 from chisep.network import weights as W  # noqa: E402
 from chisep.network.inference import predict_chisep  # noqa: E402
-from chisep.network.unet import ChiSepUNet, count_parameters, fuse_batchnorm  # noqa: E402
+from chisep.network.unet import ChiSepUNet, fuse_batchnorm  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -51,7 +51,7 @@ def _ws(model, kind="chisepnet-r2prime"):
 
 def test_published_size_and_author_names():
     m = ChiSepUNet()
-    n = count_parameters(m)
+    n = sum(p.numel() for p in m.parameters())
     assert 22.4e6 < n < 22.8e6, n
     sd = m.state_dict()
     for name in AUTHOR_NAMES:
@@ -75,10 +75,17 @@ def test_forward_shapes_and_bn_fusion():
     assert torch.allclose(y, yf, atol=1e-5)
 
 
+def _save_published_checkpoint(model, path, epoch=0, module_prefix=False):
+    """Write ``model`` the way the published code saves it: ``{'epoch', 'state_dict'}``."""
+    sd = {("module." if module_prefix else "") + k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"epoch": int(epoch), "state_dict": sd}, str(path))
+    return path
+
+
 @pytest.mark.parametrize("prefix,suffix", [(False, ".pth"), (True, ".pth.tar")])
 def test_published_checkpoint_reproduces_outputs(tmp_path, prefix, suffix):
     m = _net(width=4, seed=1)
-    p = W.save_published_checkpoint(m, tmp_path / f"chisepnet{suffix}", epoch=7, module_prefix=prefix)
+    p = _save_published_checkpoint(m, tmp_path / f"chisepnet{suffix}", epoch=7, module_prefix=prefix)
     raw = torch.load(p, map_location="cpu", weights_only=True)
     assert raw["epoch"] == 7 and all(k.startswith("module.") == prefix for k in raw["state_dict"])
     ws = W.load_weights(p)
@@ -187,10 +194,16 @@ def test_r2star_pipeline_uses_its_own_builtin_chisepnet_when_installed(tmp_path,
     assert Path(resolve_weights("chisepnet-r2star", {"chisepnet": own})["chisepnet"].path) == own
 
 
-def test_default_builtin_dir_is_the_repo_resources(monkeypatch):
+def test_default_builtin_dir_is_package_data(monkeypatch):
+    import chisep
+
     monkeypatch.delenv("CHISEP_WEIGHTS_DIR", raising=False)
     d = W.builtin_weights_dir()
-    assert d.parts[-2:] == ("Resources", "Weights")
+    assert d == Path(chisep.__file__).resolve().parent / "weights"
+    # every built-in file is there, with the model card its report cites
+    for name in list(W.BUILTIN_FILES.values())[:2] + [W.BUILTIN_R2STAR_CHISEPNET]:
+        assert (d / name).is_file(), name
+    assert (d / "MODEL_CARD.md").is_file()
 
 
 @pytest.mark.parametrize("dynamic", [True, False])

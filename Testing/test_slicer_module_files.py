@@ -86,8 +86,10 @@ def test_module_cmake_builds_resources_weights_and_tests():
     for r in res:
         assert (MOD / r.replace("${MODULE_NAME}", "ChiSeparation")).is_file()
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in t
-    assert "../Resources/Weights" in t and "Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR" in t
-    assert (ROOT / "Resources" / "Weights").is_dir()
+    # the built-in weights are package data of chisep and are installed beside its scripts
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/chisep/weights" in t
+    assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/chisep" in t
+    assert any((MOD / "chisep" / "weights").glob("*.safetensors"))
 
 
 # ----------------------------------------------------------------------------- index metadata

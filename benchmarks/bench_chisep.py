@@ -2,7 +2,7 @@
 
 Each head is simulated with a seed that training never used (training uses seeds >= 1000 and
 validation 900-999), written to disk, preprocessed from the raw GRE (+ SE) files exactly as
-``chisep run`` does, and separated by every method. Metrics (DESIGN.md section 6) are computed in
+``chisep run`` does, and separated by every method. Metrics (:mod:`chisep.metrics`, docs/DESIGN.md "Evaluation") are computed in
 the evaluation mask (brain minus CSF minus vessels) and averaged over heads.
 
     python benchmarks/bench_chisep.py [--seeds 11 12 13] [--size full] [--json out.json]
@@ -37,7 +37,7 @@ def main(argv=None):
     ap.add_argument("--bg-method", help="background removal of the chain (default: the chain's own)")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--weights-dir", help="evaluate the weights in this folder instead of the built-in ones "
-                                          "(same file names as Resources/Weights; sets CHISEP_WEIGHTS_DIR)")
+                                          "(same file names as the built-in chisep/weights; sets CHISEP_WEIGHTS_DIR)")
     args = ap.parse_args(argv)
     if args.weights_dir:
         os.environ["CHISEP_WEIGHTS_DIR"] = os.path.abspath(args.weights_dir)
@@ -49,8 +49,6 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             ev = evaluate_head(head, tmp, args.methods, device=args.device,
                                preprocess_options={"bg_method": args.bg_method} if args.bg_method else None)
-        if ev.skipped:
-            print("skipped:", ev.skipped, file=sys.stderr)
         per_head.append(ev.accuracy)
         lesion_rows += ev.lesion_rows
         timings.append(ev.timings)

@@ -124,10 +124,6 @@ def child(cfg, tmp):
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def nrmse(a, b, m):
-    return 100.0 * float(np.linalg.norm((a - b)[m]) / np.linalg.norm(b[m]))
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -183,6 +179,7 @@ def main():
                 ref = os.path.join(tmp, f"w{c['width']}-fp32-whole.npy")
             err = ""
             if os.path.exists(ref) and "pipeline" not in c["name"]:
+                from chisep.metrics import nrmse
                 m = inputs()[-1]
                 x, y = np.load(os.path.join(tmp, c["name"] + ".npy")), np.load(ref)
                 err = f"  NRMSE vs fp32: para {nrmse(x[0], y[0], m):.3f} %, dia {nrmse(x[1], y[1], m):.3f} %"

@@ -24,14 +24,9 @@ import numpy as np
 from chisep import physics
 import scipy.ndimage as ndi
 
+from chisep import metrics as M
 from chisep.preprocess import dice, erode, lbv, lbv_boundary_mask, lbv_qsm, preprocess_gre, vsharp
 from chisep.simulate import simulate_head
-
-
-def _nrmse(p, t):
-    """NRMSE (%) after removing each map's mean (D(0) = 0 leaves the mean undetermined)."""
-    p, t = p - p.mean(), t - t.mean()
-    return 100 * np.linalg.norm(p - t) / np.linalg.norm(t)
 
 
 def main():
@@ -54,9 +49,9 @@ def main():
         t = time.perf_counter() - t0
         T = h.truth
         me = (o["mask_eroded"] > 0) & (T["mask"] > 0)
-        nrmse = _nrmse(o["local_field"][me], T["local_field"][me])
+        nrmse = M.nrmse(o["local_field"][me], T["local_field"][me], demean=True)
         core = me & erode(T["mask"] > 0, 6.0, h.voxel_size)
-        nrmse_core = _nrmse(o["local_field"][core], T["local_field"][core])
+        nrmse_core = M.nrmse(o["local_field"][core], T["local_field"][core], demean=True)
         ideal, mi = vsharp(T["total_field"], o["mask"], h.voxel_size)
         sel = (mi > 0) & (T["mask"] > 0)
         floor = 100 * np.linalg.norm(ideal[sel] - T["local_field"][sel]) / np.linalg.norm(T["local_field"][sel])
@@ -74,7 +69,7 @@ def main():
         def score(local, valid):
             """NRMSE in the method's own eroded mask and in that mask deeper than 4 mm."""
             v = (valid > 0) & (T["mask"] > 0)
-            return tuple(_nrmse(local[s_], T["local_field"][s_]) for s_ in (v, v & deep4))
+            return tuple(M.nrmse(local[s_], T["local_field"][s_], demean=True) for s_ in (v, v & deep4))
 
         bnd = lbv_boundary_mask(o["mask_background"], o["magnitude"])
         t1 = time.perf_counter()

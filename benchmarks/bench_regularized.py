@@ -5,7 +5,7 @@ Runs ``chisep.regularized.chi_separation_regularized`` on the ``size="full"`` si
 noiseless exact inputs (truth local field and R2') and noisy inputs (Gaussian noise of 3 ppb on
 the field and 2 Hz on R2', roughly what a 3 T 5-echo GRE/SE protocol gives). Prints wall time,
 iterations, convergence and NRMSE of chi_para / |chi_dia| / chi_total over the evaluation mask
-(brain minus CSF minus vessels, DESIGN.md section 6); the closed-form QSM time is printed too.
+(brain minus CSF minus vessels, docs/DESIGN.md "Evaluation"); the closed-form QSM time is printed too.
 
     python benchmarks/bench_regularized.py [--seed 7] [--tilt 0]
 """
@@ -17,13 +17,10 @@ import time
 import numpy as np
 
 from chisep import physics
+from chisep.metrics import nrmse
 from chisep.qsm import qsm_closed_form
 from chisep.regularized import chi_separation_regularized
 from chisep.simulate import simulate_head
-
-
-def nrmse(p, t, m):
-    return 100.0 * float(np.linalg.norm((p - t)[m]) / np.linalg.norm(t[m]))
 
 
 def main():

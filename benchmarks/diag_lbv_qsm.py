@@ -25,7 +25,7 @@ import time
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, cg
 
-from bench_preprocess import _nrmse
+from chisep import metrics as M
 from chisep import physics
 from chisep.preprocess import lbv_qsm, preprocess_gre
 from chisep.preprocess.background import _lbv_solver, extend_to_mask, first_susceptibility_map
@@ -78,7 +78,7 @@ def main():
     true = true + np.median((meas - true)[sel])          # the same (undetermined) offset as measured
 
     def score(local):
-        return _nrmse(local[sel], T["local_field"][sel])
+        return M.nrmse(local[sel], T["local_field"][sel], demean=True)
 
     def put_back(chi, field):
         """LBV-QSM's last step with ``chi`` as the first map; also the full-mask field for a next map."""

@@ -11,7 +11,7 @@ Candidates are ``r2p:NAME=FILE`` (a chisepnet-r2prime weights file run in the R2
 ``r2s:NAME=FILE`` (the same kind of file run as the chi-sepnet of the R2* pipeline, after the
 built-in R2'-prediction net, or ``--r2prime-net FILE``)::
 
-    python benchmarks/select_weights.py r2p:shipped=Resources/Weights/chisepnet_r2prime.safetensors \\
+    python benchmarks/select_weights.py r2p:shipped=ChiSeparation/chisep/weights/chisepnet_r2prime.safetensors \\
         r2p:new=runs/cands/A.safetensors r2s:new=runs/cands/B.safetensors --seeds 900 901 \\
         --json runs/select.json
 """
@@ -72,7 +72,7 @@ def main(argv=None):
             w = {"chisepnet": path}
             if kind == "r2s" and args.r2prime_net:
                 w["r2prime"] = args.r2prime_net
-            r, _ = run_methods(maps, [method], weights=w, device=args.device, skip_missing_weights=False)
+            r = run_methods(maps, [method], weights=w, device=args.device)
             acc = accuracy(r[method].maps, T, ev)
             rows = lesion_rows(head, r) if head.lesion_table else []
             e = res.setdefault(f"{kind}:{name}", {"file": path, "para": [], "dia": [], "lesions": []})

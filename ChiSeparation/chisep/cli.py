@@ -31,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"chisep {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"chisep.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"chisep.commands.{name}":
-                continue  # subcommand not built yet
-            raise
+        mod = importlib.import_module(f"chisep.commands.{name}")
         sp = mod.add_parser(sub)
         sp.set_defaults(_run=mod.run)
     return p

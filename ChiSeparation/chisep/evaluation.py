@@ -1,20 +1,16 @@
 """Evaluation on simulated heads: every method from raw acquisitions, scored against the truth.
 
 Shared by ``chisep demo`` (one head, files written) and ``benchmarks/bench_chisep.py`` (held-out
-heads, numbers aggregated). Metrics follow DESIGN.md section 6 on the evaluation mask (brain minus
-CSF minus vessels).
+heads, numbers aggregated). Metrics (:mod:`chisep.metrics`, docs/DESIGN.md "Evaluation") are taken
+on the evaluation mask: brain minus CSF minus vessels.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
-import numpy as np
-
-from .io import InputError
-from .pipeline import METHODS, Maps, RunResult, preprocess_raw, separate
+from .pipeline import METHODS, Maps, preprocess_raw, separate
 from .progress import scaled
 
 
@@ -23,7 +19,6 @@ class Evaluation:
     head: object
     maps: Maps
     results: dict = field(default_factory=dict)       # method -> RunResult
-    skipped: dict = field(default_factory=dict)       # method -> reason
     accuracy: dict = field(default_factory=dict)      # method -> metrics
     lesion_rows: list = field(default_factory=list)
     lesion_summary: dict = field(default_factory=dict)
@@ -47,25 +42,21 @@ def preprocess_from_files(data_dir, progress=None, **options) -> Maps:
                           b0_dir=acq.get("b0_dir"), progress=progress, **options)
 
 
-def run_methods(maps: Maps, methods=METHODS, weights=None, device="auto", progress=None,
-                skip_missing_weights=True):
-    """Run each method on ``maps`` (chi-sepnet-R2* sees the GRE-only maps). Returns (results, skipped)."""
+def run_methods(maps: Maps, methods=METHODS, weights=None, device="auto", progress=None) -> dict:
+    """Run each method on ``maps`` (chi-sepnet-R2* sees the GRE-only maps): method -> RunResult.
+
+    A method that cannot run (no weights installed, say) raises: a demo or benchmark that quietly
+    left a method out would report on fewer methods than it was asked for."""
     gre_only = replace(maps, r2=None, r2prime=None)
-    results, skipped = {}, {}
+    results = {}
     n = len(methods)
     for i, method in enumerate(methods):
         p = scaled(progress, i / n, (i + 1) / n)
         if p:
             p(0.0, f"running {method}")
         src = gre_only if method == "chisepnet-r2star" else maps
-        try:
-            results[method] = separate(src, method, weights=weights, device=device, progress=p)
-        except InputError as exc:
-            if skip_missing_weights and method.startswith("chisepnet") and "weights" in str(exc).lower():
-                skipped[method] = str(exc)
-                continue
-            raise
-    return results, skipped
+        results[method] = separate(src, method, weights=weights, device=device, progress=p)
+    return results
 
 
 def lesion_rows(head, results: dict) -> list:
@@ -135,13 +126,13 @@ def evaluate_head(head, data_dir, methods=METHODS, weights=None, device="auto", 
     write_simulation(head, data_dir)
     maps = preprocess_from_files(data_dir, progress=scaled(progress, 0.0, 0.35), **(preprocess_options or {}))
     timings["preprocess"] = round(time.perf_counter() - t, 2)
-    results, skipped = run_methods(maps, methods, weights, device, scaled(progress, 0.35, 0.95))
+    results = run_methods(maps, methods, weights, device, scaled(progress, 0.35, 0.95))
     for m, r in results.items():
         timings[m] = r.report.get("timings_s")
     truth = head.truth
     ev = metrics.evaluation_mask(truth["mask"], truth.get("mask_csf"), truth.get("mask_vessels"))
     acc = {m: accuracy(r.maps, truth, ev, truth.get("tissue"), TISSUE_LABELS) for m, r in results.items()}
     rows = lesion_rows(head, results) if head.lesion_table else []
-    return Evaluation(head=head, maps=maps, results=results, skipped=skipped, accuracy=acc,
+    return Evaluation(head=head, maps=maps, results=results, accuracy=acc,
                       lesion_rows=rows, lesion_summary=lesion_summary(rows, list(results)) if rows else {},
                       timings=timings)

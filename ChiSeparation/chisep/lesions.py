@@ -201,12 +201,6 @@ def _check_inputs(maps, labels_shape, affine, labels_affine, masks):
     return out
 
 
-def _box(sel_idx, pad, shape):
-    lo = np.maximum(sel_idx.min(axis=0) - pad, 0)
-    hi = np.minimum(sel_idx.max(axis=0) + pad + 1, shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
 # --------------------------------------------------------------------------- main entry
 def lesion_statistics(maps: dict, lesions, affine=None, *, voxel_size=None, labels_affine=None,
                       wm_mask=None, csf_mask=None, brain_mask=None, reference: str = "auto",

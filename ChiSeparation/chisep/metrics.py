@@ -1,4 +1,7 @@
-"""Image-quality metrics of susceptibility maps against a known truth (DESIGN.md section 6).
+"""Image-quality metrics of susceptibility maps against a known truth (docs/DESIGN.md, "Evaluation").
+
+The one implementation used by ``chisep demo``, the training loop's whole-volume validation and the
+benchmarks, so that their numbers compare.
 
 All metrics are computed over an evaluation mask (brain minus CSF minus vessels, see
 :func:`evaluation_mask`). Maps are 3-D arrays in ppm, array order ``(i, j, k)``.
@@ -61,15 +64,22 @@ def evaluation_mask(mask, mask_csf=None, mask_vessels=None) -> np.ndarray:
     return ev
 
 
-def nrmse(pred, truth, mask=None) -> float:
+def nrmse(pred, truth, mask=None, demean: bool = False) -> float:
     """Normalised root-mean-square error, 100 * ||p - t|| / ||t|| over the mask (%).
+
+    ``demean``: subtract each map's own mean over the mask first. For local fields and QSM, whose
+    mean the data do not determine (the dipole kernel is 0 or a convention at k = 0), so that an
+    offset is not counted as error.
 
     Returns ``inf`` if the truth is zero everywhere in the mask but the prediction is not,
     ``0`` if both are.
     """
     p, t, m = _check(pred, truth, mask)
-    num = float(np.linalg.norm(p[m] - t[m]))
-    den = float(np.linalg.norm(t[m]))
+    p, t = p[m], t[m]
+    if demean:
+        p, t = p - p.mean(), t - t.mean()
+    num = float(np.linalg.norm(p - t))
+    den = float(np.linalg.norm(t))
     if den == 0.0:
         return 0.0 if num == 0.0 else math.inf
     return 100.0 * num / den
@@ -132,31 +142,6 @@ def hfen(pred, truth, mask=None, sigma: float = 1.5) -> float:
     lp = ndi.gaussian_laplace(np.where(m, p, 0.0), sigma=sigma, mode="nearest")
     lt = ndi.gaussian_laplace(np.where(m, t, 0.0), sigma=sigma, mode="nearest")
     return nrmse(lp, lt, m)
-
-
-def roi_means(volume, labels, names: dict) -> dict:
-    """Mean of ``volume`` in each labelled region.
-
-    Parameters
-    ----------
-    volume : (X, Y, Z) array (any unit).
-    labels : (X, Y, Z) int array of region labels.
-    names : dict, region name -> label value.
-
-    Returns
-    -------
-    dict, name -> mean (float); regions with no voxel are left out.
-    """
-    v = np.asarray(volume, dtype=np.float64)
-    lab = np.asarray(labels)
-    if v.shape != lab.shape:
-        raise InputError(f"label map shape {lab.shape} differs from map shape {v.shape}")
-    out = {}
-    for name, value in names.items():
-        sel = lab == value
-        if sel.any():
-            out[name] = float(v[sel].mean())
-    return out
 
 
 def all_metrics(pred, truth, mask=None) -> dict:

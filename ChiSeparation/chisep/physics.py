@@ -1,7 +1,7 @@
 """Physics of chi-separation: dipole kernel, forward field, units, relaxation model.
 
-Conventions (see DESIGN.md section 2)
--------------------------------------
+Conventions (docs/DESIGN.md, "Physics")
+---------------------------------------
 * Susceptibility in ppm. ``chi_dia`` is a positive magnitude; chi_total = chi_para - chi_dia.
 * Local field ``f`` in ppm of B0: f = F^-1{ D(k) F{chi_total} }.
   f_hz = f_ppm * CF * 1e-6 with CF = gamma_bar * B0 (Hz).

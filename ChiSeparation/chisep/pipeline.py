@@ -142,14 +142,6 @@ def preprocess_raw(mag, phase, te_s, affine, b0_t=3.0, se_mag=None, se_te_s=None
                 magnitude=out.get("magnitude"))
 
 
-def qsm_channel(maps: Maps) -> np.ndarray:
-    """The QSM used as chi-sepnet's first channel: the user's QSM, else the closed-form QSM."""
-    if maps.qsm is not None:
-        return maps.qsm
-    from .qsm import qsm_closed_form
-    return qsm_closed_form(maps.local_field, maps.mask, maps.voxel_size, maps.b0_dir).astype(np.float32)
-
-
 def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device: str = "auto",
              precision: str = "auto", tile_size=None, dr: Optional[float] = None,
              regularized_options: Optional[dict] = None, progress: ProgressFn = None) -> RunResult:
@@ -187,17 +179,17 @@ def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device
 
     if method.startswith("chisepnet"):
         from .network.inference import run_chisepnet
-        with timer("qsm_channel"):
-            qsm = qsm_channel(maps)
+        # the QSM channel (the user's map, a QSM net or the closed-form QSM) is decided inside
+        # run_chisepnet, which reports the source it used
         with timer("network"):
             res = run_chisepnet(method, maps.local_field, maps.mask, maps.affine,
-                                r2prime_hz=maps.r2prime, r2star_hz=maps.r2star, qsm_ppm=qsm,
+                                r2prime_hz=maps.r2prime, r2star_hz=maps.r2star, qsm_ppm=maps.qsm,
                                 weights=weights, device=device, precision=precision,
                                 tile_size=tile_size, b0_dir=maps.b0_dir,
                                 progress=scaled(progress, 0.1, 1.0))
         out.update({k: res[k] for k in ("chi_para", "chi_dia", "chi_total")})
         out["r2prime"] = res.get("r2prime", maps.r2prime)
-        out["qsm"] = qsm
+        out["qsm"] = res["qsm"]
         report["weights"] = res.get("weights_info")
         report["device"] = res.get("device")
         report["precision"] = res.get("precision")

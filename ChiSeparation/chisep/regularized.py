@@ -1,4 +1,4 @@
-"""Conventional (regularized) chi-separation — the baseline of DESIGN.md section 5.
+"""Conventional (regularized) chi-separation — the baseline (docs/DESIGN.md, "Regularized chi-separation").
 
 Problem
 -------
@@ -57,7 +57,7 @@ MIN_ITER = 5
 
 #: Default TV weight (ppm * mm units of the data terms with weights of mean 1).
 LAM_DEFAULT = 5e-3
-#: Default assumed tissue R2 (Hz) of the GRE-only variant (DESIGN.md: 12-20 Hz at 3 T).
+#: Default assumed tissue R2 (Hz) of the GRE-only variant (tissue R2 is about 12-20 Hz at 3 T).
 ASSUMED_R2_HZ_3T = 15.0
 
 

@@ -4,8 +4,8 @@ Anatomy comes from the MNI ICBM152 2009 (sym, 09a) 1 mm T1, grey- and white-matt
 nilearn ships in its package data (read offline with nibabel). Every subject (``seed``) differs by
 a smooth random deformation, per-structure values, textures, veins, lesions, shim and noise.
 
-Model (DESIGN.md section 2)
----------------------------
+Model (docs/DESIGN.md, "Physics")
+---------------------------------
 * chi in ppm; ``chi_dia`` is a positive magnitude; chi_total = chi_para - chi_dia, defined inside
   the brain (tissue outside the brain, skull and scalp, is the reference 0).
 * Tissue chi from partial volumes of CSF / grey / white matter, deep grey nuclei as smooth
@@ -61,8 +61,8 @@ TISSUE_LABELS = {
 }
 
 #: Normative tissue values: chi_para (ppm), |chi_dia| (ppm), R2 (Hz), M0 (a.u.).
-#: Nuclei/WM chi from DESIGN.md section 2; thalamus, dentate, cortex from the chi-separation
-#: literature (approximate); per seed each value is scaled by U(0.85, 1.15) (chi) or less (R2, M0).
+#: Nuclei/WM chi from adult normative values (docs/DESIGN.md, "Physics"); thalamus, dentate and
+#: cortex from the chi-separation literature (approximate); per seed each value is scaled by U(0.85, 1.15) (chi) or less (R2, M0).
 TISSUE_VALUES = {
     "csf": (0.0, 0.0, 1.0, 1.00),
     "cortex": (0.022, 0.011, 12.5, 0.82),
@@ -985,7 +985,7 @@ def _sidecar(head: SimulatedHead, te, kind: str) -> dict:
 
 
 def write_simulation(head: SimulatedHead, out_dir, progress=None) -> Path:
-    """Write the acquisitions and truth of ``head`` under ``out_dir`` (DESIGN.md section 8), atomically.
+    """Write the acquisitions and truth of ``head`` under ``out_dir`` (docs/DESIGN.md, "File contract"), atomically.
 
     ``gre_mag``/``gre_phase``/``se_mag.nii.gz`` + JSON sidecars, and ``truth/`` with every truth map
     (``.nii.gz``), ``lesions.csv``, ``tissue_labels.json`` and ``simulation.json``.

@@ -4,13 +4,15 @@ Simulates a head (``chisep simulate``), writes its raw acquisitions, runs the pr
 from the files as a user would, then chi-sepnet-R2', chi-sepnet-R2* and the regularized method;
 writes the maps of each method, a lesion table, report.json (inputs, versions, weights and their
 model card, timings, accuracy against the simulation's truth) and figure.png.
+
+A method that cannot run (no weights installed, say) stops the demo with exit code 2 and a message
+saying what is missing; nothing is written.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -57,8 +59,6 @@ def run(args) -> int:
                            progress=scaled(progress, 0.15, 0.95))
         for method, res in ev.results.items():
             write_maps(res, stage / method, extra_report={"command": "chisep demo"})
-        for method, why in ev.skipped.items():
-            print(f"chisep demo: skipped {method}: {why}", file=sys.stderr)
         if ev.lesion_rows:
             keys = []
             for r in ev.lesion_rows:
@@ -82,7 +82,7 @@ def run(args) -> int:
                            "te_s": [float(t) for t in head.te_s]},
             "versions": versions(),
             "weights": {m: r.report.get("weights") for m, r in ev.results.items() if r.report.get("weights")},
-            "skipped_methods": ev.skipped, "timings_s": timings, "accuracy": ev.accuracy,
+            "timings_s": timings, "accuracy": ev.accuracy,
             "lesions": ev.lesion_summary,
             "files": {"data": "raw acquisitions (+ truth/)", **{m: f"{m}/" for m in ev.results},
                       "lesions": "lesions.csv", "figure": "figure.png"},
@@ -101,5 +101,3 @@ def _print_summary(report):
     if report.get("lesions"):
         print("lesion subtype agreement with truth:",
               json.dumps({k: v["subtype_agreement_pct"] for k, v in report["lesions"].items() if isinstance(v, dict)}))
-    for m, why in report.get("skipped_methods", {}).items():
-        print(f"skipped {m}: {why}")

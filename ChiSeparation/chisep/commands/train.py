@@ -2,7 +2,7 @@
 
 Kinds: ``chisepnet-r2prime`` (3 -> 2: QSM, local field, R2'/Dr -> chi_para, |chi_dia|) and
 ``r2prime-from-r2star`` (1 -> 1: R2*/Dr -> R2'/Dr, for the GRE-only pipeline). The loss is the
-published one (DESIGN.md section 4): L1 on z-scored maps + 0.1 gradient-difference + physics terms
+published one (docs/DESIGN.md, "Network"): L1 on z-scored maps + 0.1 gradient-difference + physics terms
 in ppm; optimiser RMSprop, lr 3e-4. Resumable (``--resume`` continues from OUT/ckpt_last.pt),
 seeded (batches are a function of seed and step), logs JSON lines in OUT/metrics.jsonl.
 
@@ -12,13 +12,12 @@ Build the cache first (simulated heads + random-shape volumes through the infere
 Then for example:
     chisep train --out runs/r2p --kind chisepnet-r2prime --cache runs/cache --width 16 --steps 20000 \\
         --bf16 --channels-last --resume
-    chisep train --out runs/r2p --export Resources/Weights/chisepnet_r2prime.safetensors
+    chisep train --out runs/r2p --export ChiSeparation/chisep/weights/chisepnet_r2prime.safetensors
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -110,7 +109,3 @@ def run(args) -> int:
     summary = train(cfg, log=lambda m: print(m, flush=True))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("last_losses",)}), flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(0)

@@ -1,6 +1,6 @@
 """chi-sepnet inference on any volume: geometry, padding, z-scoring, whole or tiled runs, CPU/GPU.
 
-The chain (DESIGN.md section 4) for every network pass:
+The chain (docs/DESIGN.md, "Network") for every network pass:
 
 1. rotate/resample to 1 mm isotropic with B0 along the third axis (:mod:`chisep.geometry`; nothing
    is resampled when the data already are);
@@ -31,7 +31,7 @@ import torch
 from .. import geometry
 from ..io import InputError
 from ..physics import b0_direction_from_affine, voxel_size_from_affine
-from .unet import ChiSepUNet, fuse_batchnorm, fuse_relu
+from .unet import fuse_batchnorm, fuse_relu
 from .weights import BUILTIN_R2STAR_CHISEPNET, WeightSet, builtin_weights_dir, load_builtin, load_weights
 
 ProgressFn = Optional[Callable[[float, str], None]]
@@ -107,8 +107,8 @@ class _Runner:
         fuse_batchnorm(m)
         self.channels_last = precision in ("channels_last", "bf16", "fp16")
         m = m.to(dev)
-        # bf16: weights cast once (BatchNorm already folded); measured ~15 % faster than autocast
-        # on CPU, same arithmetic (convolutions accumulate in fp32, activations stored as bf16)
+        # bf16: weights cast once (BatchNorm already folded): faster than autocast on the CPU
+        # (benchmarks/bench_inference.py), same arithmetic (fp32 accumulation, bf16 activations)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         m = m.to(self.dtype)
         if self.channels_last:
@@ -388,7 +388,7 @@ def _as_weightset(w, kind: str) -> Optional[WeightSet]:
     return load_weights(w, kind=kind)
 
 
-def resolve_weights(method: str, weights=None, need_qsm_net: bool = False) -> dict:
+def resolve_weights(method: str, weights=None) -> dict:
     """``weights``: None (built-in), a path / WeightSet (the chi-sepnet net) or a dict
     ``{"chisepnet": ..., "r2prime": ..., "qsm": ...}`` (None entries: built-in; qsm: none).
 
@@ -423,9 +423,11 @@ def run_chisepnet(method: str, local_field_ppm, mask, affine, r2prime_hz=None, r
     (``"chisepnet-r2star"``: R2* -> predicted R2' -> chi-sepnet).
 
     The QSM channel is ``qsm_ppm`` when given, else a QSM net (``weights["qsm"]``), else the
-    closed-form QSM (:func:`chisep.qsm.qsm_closed_form`). Geometry is done once for all passes.
-    Returns chi_para, chi_dia, chi_total (ppm), r2prime (Hz; the predicted one for R2*), qsm,
-    weights_info, device, precision, timings_s.
+    closed-form QSM (:func:`chisep.qsm.qsm_closed_form`); giving both a map and a net is an
+    InputError. ``weights_info`` names the source (``qsm_channel``: user, qsm-net or closed-form)
+    and holds the QSM net's provenance only when the net ran. Geometry is done once for all passes.
+    Returns chi_para, chi_dia, chi_total (ppm), r2prime (Hz; the predicted one for R2*), qsm (ppm,
+    the channel used, on the input grid), weights_info, device, precision, timings_s.
     """
     t0 = time.perf_counter()
     if method not in ("chisepnet-r2prime", "chisepnet-r2star"):
@@ -440,8 +442,18 @@ def run_chisepnet(method: str, local_field_ppm, mask, affine, r2prime_hz=None, r
     if b0_dir is None:
         b0_dir = b0_direction_from_affine(affine)
     timings = {}
-    qsm_source = "user"
-    if qsm_ppm is None and ws["qsm"] is None:
+    # The QSM channel is decided here and only here: the user's QSM map, else the QSM net, else
+    # the closed-form QSM. A map and a net together would leave one of them unused, so that is an
+    # error rather than a silent choice.
+    if qsm_ppm is not None and ws["qsm"] is not None:
+        raise InputError("both a QSM map (--qsm) and QSM-net weights (--qsm-weights) were given; the "
+                         "QSM channel is one or the other: drop one of them")
+    if qsm_ppm is not None:
+        qsm_source = "user"
+        qsm_ppm = np.asarray(qsm_ppm, np.float32)
+    elif ws["qsm"] is not None:
+        qsm_source = "qsm-net"
+    else:
         from ..qsm import qsm_closed_form
         t = time.perf_counter()
         qsm_ppm = qsm_closed_form(np.asarray(local_field_ppm, np.float32), mask,
@@ -467,16 +479,15 @@ def run_chisepnet(method: str, local_field_ppm, mask, affine, r2prime_hz=None, r
     def sub(a, b):
         return None if progress is None else (lambda f, m: progress(a + (b - a) * f, m))
 
-    if "qsm" in nv:
-        ch["qsm"] = nv["qsm"]
-    else:
+    if qsm_source == "qsm-net":
         t = time.perf_counter()
         q = _net_pass(ws["qsm"], {"field": nv["field"]}, nm, device, precision, tile_size, overlap, sub(0.1, 0.35),
                       max_memory_gb)
         ch["qsm"] = q["qsm"] * (nm > 0)
         extra["qsm"] = ch["qsm"]
-        qsm_source = "qsm-net"
         timings["qsm_net"] = time.perf_counter() - t
+    else:
+        ch["qsm"] = nv["qsm"]
     if method == "chisepnet-r2prime":
         ch["r2prime_over_dr"] = nv["r2prime"] / np.float32(cw.dr)
     else:
@@ -504,7 +515,7 @@ def run_chisepnet(method: str, local_field_ppm, mask, affine, r2prime_hz=None, r
             "network_grid": {"identity": tr.identity, "shape": list(tr.net_shape), "tilt_deg": tr.tilt_deg}}
     if ws.get("r2prime") is not None:
         info["r2prime"] = ws["r2prime"].info()
-    if ws.get("qsm") is not None:
+    if qsm_source == "qsm-net":
         info["qsm"] = ws["qsm"].info()
     prog(1.0, "chi-sepnet done")
     timings["total"] = time.perf_counter() - t0
@@ -513,6 +524,6 @@ def run_chisepnet(method: str, local_field_ppm, mask, affine, r2prime_hz=None, r
            "precision": run.precision, "timings_s": timings}
     if "r2prime" in back:
         res["r2prime"] = back["r2prime"]
-    if "qsm" in back:
-        res["qsm"] = back["qsm"]
+    # the QSM channel on the input grid: the net's mapped back, else the map the network was fed
+    res["qsm"] = back["qsm"] if qsm_source == "qsm-net" else qsm_ppm
     return res

@@ -1,4 +1,4 @@
-"""The chi-sepnet 3-D U-Net (DESIGN.md section 4), with the authors' module names.
+"""The chi-sepnet 3-D U-Net (docs/DESIGN.md, "Network"), with the authors' module names.
 
 Four max-pool levels (spatial sizes must be multiples of 16), channels w, 2w, 4w, 8w, 16w, two
 Conv3d(3^3, pad 1) -> BatchNorm3d -> ReLU blocks per level, ConvTranspose3d(2, stride 2) up,
@@ -94,10 +94,6 @@ class ChiSepUNet(nn.Module):
         d = self.conv72(self.conv71(torch.cat([self.deconv2(d), e2], 1)))
         d = self.conv82(self.conv81(torch.cat([self.deconv1(d), e1], 1)))
         return self.out(d)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def fuse_batchnorm(model: ChiSepUNet) -> ChiSepUNet:

@@ -4,7 +4,7 @@ A :class:`WeightSet` bundles a ready-to-run model with what inference needs to u
 the per-channel z-score constants (``norm``: channel name -> (mean, std)), Dr and provenance.
 Normalisation constants always travel with the weights; inference never hard-wires them.
 
-Kinds and channels (names as in DESIGN.md section 4 and :mod:`chisep.training.data`):
+Kinds and channels (names as in docs/DESIGN.md, "Network", and :mod:`chisep.training.data`):
 
 ======================  ===================================  ========================
 kind                    inputs (in order)                     outputs
@@ -14,8 +14,9 @@ r2prime-from-r2star     r2star_over_dr                        r2prime_over_dr
 qsm                     field                                 qsm
 ======================  ===================================  ========================
 
-The built-in weights (our own, trained with ``chisep train``) live in ``Resources/Weights``; when a
-file is missing :func:`load_builtin` raises :class:`chisep.io.InputError` (never random weights).
+The built-in weights (our own, trained with ``chisep train``) are package data in ``chisep/weights``
+(:func:`builtin_weights_dir`, overridden by ``$CHISEP_WEIGHTS_DIR``); when a file is missing
+:func:`load_builtin` raises :class:`chisep.io.InputError` (never random weights).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ KINDS = {
     "qsm": (("field",), ("qsm",)),
 }
 
-#: file name of each kind's built-in weights in Resources/Weights
+#: file name of each kind's built-in weights in :func:`builtin_weights_dir`
 BUILTIN_FILES = {
     "chisepnet-r2prime": "chisepnet_r2prime.safetensors",
     "r2prime-from-r2star": "r2prime_from_r2star.safetensors",
@@ -51,7 +52,7 @@ BUILTIN_FILES = {
 #: present and no chi-sepnet weights are given; otherwise that pipeline uses the R2' net's weights.
 BUILTIN_R2STAR_CHISEPNET = "chisepnet_r2star.safetensors"
 
-#: z-score constants (mean, std) of the published chi-sepnet weights (DESIGN.md section 4)
+#: z-score constants (mean, std) of the published chi-sepnet weights (docs/DESIGN.md, "Network")
 PUBLISHED_NORMALISATION = {
     "field": (-0.0026046, 0.0108497),
     "qsm": (-0.0013402, 0.0315040),
@@ -292,14 +293,6 @@ def load_published(path, kind: Optional[str] = None, norm: Optional[dict] = None
                      path=str(path), sha256=file_sha256(path))
 
 
-def save_published_checkpoint(model, path, epoch: int = 0, module_prefix: bool = False):
-    """Write ``model`` the way the published code saves it (``{'epoch', 'state_dict'}``), for tests."""
-    sd = {("module." if module_prefix else "") + k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    path = Path(path)
-    torch.save({"epoch": int(epoch), "state_dict": sd}, str(path))
-    return path
-
-
 # --------------------------------------------------------------------------- ONNX
 class OnnxNet:
     """An ONNX export of the U-Net run with onnxruntime (CPU provider by default).
@@ -420,22 +413,22 @@ def load_weights(path, kind: Optional[str] = None, norm: Optional[dict] = None) 
     raise InputError(f"{path}: unknown weights format; use .safetensors, .pth, .pth.tar or .onnx")
 
 
+#: environment variable naming a folder whose weight files replace the built-in ones (same file
+#: names as :data:`BUILTIN_FILES`); used to evaluate candidate weights without installing them
+WEIGHTS_DIR_ENV = "CHISEP_WEIGHTS_DIR"
+
+
 def builtin_weights_dir() -> Path:
-    """Where the built-in weights live: $CHISEP_WEIGHTS_DIR, else ``<repo>/Resources/Weights`` (source
-    tree) or ``<module dir>/Resources/Weights`` (Slicer install layout)."""
-    env = os.environ.get("CHISEP_WEIGHTS_DIR")
+    """The folder of the built-in weights, the one place every caller asks.
+
+    ``$CHISEP_WEIGHTS_DIR`` when set, else ``chisep/weights`` beside this package: the weights are
+    package data, so a source tree, an editable or a regular ``pip install`` and the Slicer module
+    (which copies ``chisep/`` whole) all find them at the same relative place.
+    """
+    env = os.environ.get(WEIGHTS_DIR_ENV)
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    cands = [here.parents[3] / "Resources" / "Weights",   # <repo>/Resources/Weights
-             here.parents[2] / "Resources" / "Weights"]   # <module dir>/Resources/Weights (Slicer)
-    for c in cands:
-        if c.is_dir() and any(c.glob("*.safetensors")):
-            return c
-    for c in cands:
-        if c.is_dir():
-            return c
-    return cands[0]
+    return Path(__file__).resolve().parents[1] / "weights"
 
 
 def builtin_path(kind: str) -> Path:

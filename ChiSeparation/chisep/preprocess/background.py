@@ -184,9 +184,8 @@ def lbv(field, mask, voxel_size=(1.0, 1.0, 1.0), peel_mm: float = 0.0, tol: floa
     boundary values, largest near the surface, hence ``peel_mm``. A second error is the
     discretisation: a steep background (sinuses, skull base) is not exactly harmonic for a
     finite-difference Laplacian and leaks into the local field; the default fourth-order compact
-    stencil (:func:`laplacian_stencil`) makes that leak smaller than the classic 7-point stencil
-    does (noiseless simulated head, seed 21: 23 % -> 10 % of the local field's norm; air-like
-    spheres next to a spherical mask: 29 % -> 0.3 %).
+    stencil (:func:`laplacian_stencil`) makes that leak much smaller than the classic 7-point
+    stencil does (docs/METHODS.md, "Background field removal").
 
     Parameters
     ----------
@@ -269,9 +268,8 @@ def _lbv_solver(mask, vs, stencil, tol, max_iter):
 def extend_to_mask(values, known, mask, voxel_size=(1.0, 1.0, 1.0)):
     """Fill ``mask`` from ``values`` on ``known`` (inside it): each voxel takes its nearest known voxel's value.
 
-    LBV-QSM's first susceptibility map lives on the inner voxels only, but the shell's own chi is
-    most of the local field's values on the boundary (simulated head, seed 21, 1 mm tilted:
-    20.6 -> 17.7 % with the shell filled this way).
+    LBV-QSM's first susceptibility map lives on the inner voxels only, but the shell's own chi
+    makes most of the local field's values on the boundary, so the shell needs a value too.
 
     Returns a float array, zero outside ``mask``.
     """
@@ -330,7 +328,7 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
     With ``boundary_mask`` (inside ``mask``) steps 1-3 use ``mask`` and step 4 takes its boundary
     values on ``boundary_mask``'s shell: leave out surface voxels whose field is not the field at
     their centre (:func:`chisep.preprocess.mask.partial_volume_surface`) while the first
-    susceptibility map still covers them (simulated 1x1x2 mm head, seed 21: 22.6 -> 19.0 %).
+    susceptibility map still covers them.
 
     Parameters
     ----------
@@ -343,10 +341,9 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
     boundary_mask : optional (X, Y, Z) mask for step 4 (default ``mask``); the result lives on it.
     refine : repeat steps 2-4 this many times, the map re-estimated from the corrected local field on
         step 4's inner voxels; the update keeps the map's constant and linear trend (their field is
-        harmonic in the brain, so no field pins them, and unconstrained re-estimation lets them drift:
-        1x1x2 mm seed 23 straight, 20.0 -> 24.8 -> 31.3 % over two rounds). One round (default) on
-        the tuning head, seed 23: 1 mm 15.89 -> 15.17 % straight, 18.23 -> 17.04 % tilted; 1x1x2 mm
-        18.19 -> 18.08 % and 20.14 -> 19.63 %; a second round gains nothing (18.26, 19.57 %).
+        harmonic in the brain, so no field pins them, and an unconstrained re-estimation lets them
+        drift and the error grow with each round). One round (the default) lowers the error; a
+        second gains nothing (docs/METHODS.md, "Background field removal").
 
     Returns
     -------

@@ -13,7 +13,7 @@ def combine_echoes(unwrapped, mag, te_s, mask, phase_sign: int = 1):
     """Weighted least-squares field from unwrapped phases (phi0 removed).
 
     Each echo gives f_e = phi_e / (2 pi TE_e); they are averaged with inverse-variance weights
-    (TE_e m_e)^2, i.e. the squared SNR weights W_e = TE_e exp(-TE_e / T2*) of DESIGN.md section 3
+    (TE_e m_e)^2, i.e. the squared SNR weights W_e = TE_e exp(-TE_e / T2*) (docs/DESIGN.md, "Preprocessing")
     (m_e = M0 exp(-TE_e / T2*) is the measured magnitude, so no T2* fit is needed).
 
     Returns
@@ -151,12 +151,10 @@ def surface_field_correction(field_hz, mag, te_s, mask, voxel_size=(1.0, 1.0, 1.
     TE -> 0 slope of :func:`initial_frequency`). Taking ``g`` from the voxel and its inward neighbour,
     ``f_centre = (f_measured + r f_inward) / (1 + r)`` (``|r| <= 1/2``); the corrections of the axes add.
     By default only the thick axes are corrected (voxel size at least 1.5 times the finest): the
-    one-axis model cannot tell which axis a partial-volume voxel is cut along, and on simulated thick
-    slices, whose in-plane voxels hold no partial volume, correcting the in-plane axes as well takes
-    the shell's error back up (seed 22: 0.0054 -> 0.0085 ppm); isotropic voxels are left as they are.
-    Simulated 1x1x2 mm heads (seeds 22 and 23): the RMS field error on the mask's shell drops from
-    0.0099-0.011 to 0.0046-0.0052 ppm (0.0004-0.0009 one voxel further in), and LBV-QSM's local
-    field from 28.9 to 20.1-20.2 % NRMSE with the whole shell as its boundary.
+    one-axis model cannot tell which axis a partial-volume voxel is cut along, and in thick slices
+    the in-plane voxels hold little partial volume, so correcting the in-plane axes as well adds
+    more error than it removes; isotropic voxels are left as they are. On thick-slice heads the
+    correction roughly halves the field error on the mask's shell (docs/METHODS.md).
 
     Parameters
     ----------

@@ -93,10 +93,9 @@ def partial_volume_surface(mask, magnitude, ratio: float = 0.9) -> np.ndarray:
     times the brightest interior voxel in its 3x3x3 neighbourhood. Such a voxel's field is the
     signal-weighted mean over its brain part, not the field at its centre, and a background removal
     that takes the field on the mask's surface as boundary data (LBV) carries that offset into the
-    whole brain. On simulated 1x1x2 mm heads the flagged voxels are exactly the half-filled ones
-    (magnitude ratio 0.54-0.70 against 0.96-1.22 for full ones). The default 0.9 was chosen on the
-    tuning head (seed 23, 1x1x2 mm, LBV-QSM after :func:`surface_field_correction`: 18.37 -> 18.19 %
-    straight, 20.32 -> 20.14 % tilted, against 0.8; 1 mm: 15.88 -> 15.89 % straight, 18.28 -> 18.23 % tilted).
+    whole brain. A half-filled voxel is markedly darker than its full neighbours while a full one is
+    about as bright, so a ratio just below 1 separates them; 0.9 is the value with the lower
+    LBV-QSM error on the simulated tuning heads (docs/METHODS.md, "Background field removal").
 
     Parameters
     ----------

@@ -5,8 +5,8 @@ Multi-echo strategy (:func:`unwrap_echoes`): the phase difference of the first t
 difference; it gives a first field estimate f0 and the phase offset phi0 = angle(S1 exp(-i 2 pi f0
 TE1)). phi0 is then smoothed (complex Gaussian filter of |S1| exp(i phi0), ``phi0_smooth_mm``): the
 offset is a smooth coil/transmit phase, while the per-voxel estimate carries the noise of echoes 1-2,
-which would otherwise enter every echo (on simulated heads at SNR 100 smoothing cuts the field noise
-from 0.20 to 0.07 Hz, close to 0.06 Hz with the true phi0). Every echo is then unwrapped against its
+which would otherwise enter every echo (smoothing brings the field noise close to what the true
+phi0 gives). Every echo is then unwrapped against its
 prediction phi0 + 2 pi f0 TE_e, which keeps absolute phase and removes phi0 (the odd/even echo offsets of bipolar readouts are removed the same way when
 ``bipolar=True``: the prediction of even echoes carries its own offset).
 """
@@ -52,8 +52,8 @@ def unwrap_laplacian(phase: np.ndarray, voxel_size=(1.0, 1.0, 1.0), pad: int = 8
 
     ``L`` is the discrete Laplacian with the voxel spacing (mm) of each axis. The plain method
     underestimates steep phase (strong background fields), so the wrapped residual
-    ``angle(exp(i (p - phi)))`` is unwrapped again and added, ``n_iter`` times (on simulated heads
-    with 4 cycles across the brain this cuts the voxels off by a cycle from 0.8 % to 0.02 %).
+    ``angle(exp(i (p - phi)))`` is unwrapped again and added, ``n_iter`` times, which removes most
+    of the voxels left off by a whole cycle.
     The result is smooth and not congruent with ``phase`` (a property of the method); use
     :func:`make_congruent` to snap it to ``phase + 2 pi k``.
 

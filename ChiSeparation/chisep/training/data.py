@@ -58,7 +58,7 @@ MASK_KEYS = ("mask", "fmask", "emask")
 #: optional maps (a volume without them cannot train what needs them); a missing ``lesion`` mask reads 0
 OPTIONAL_MAP_KEYS = ("r2p_pred",)
 
-#: network input/output channel names (normalisation keys, DESIGN.md section 4)
+#: network input/output channel names (normalisation keys, docs/DESIGN.md, "Network")
 CHISEP_INPUTS = ("qsm", "field", "r2prime_over_dr")
 CHISEP_OUTPUTS = ("chi_para", "chi_dia")
 R2P_INPUTS = ("r2star_over_dr",)

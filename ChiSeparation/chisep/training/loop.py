@@ -200,19 +200,6 @@ def compute_loss(model, x, y, t, kind, norm, cfg: TrainConfig, autocast_ctx):
     return r2prime_loss(pred, y, t["mask"], cfg.loss_weights)
 
 
-# --------------------------------------------------------------------------- metrics
-def nrmse(pred, truth, mask):
-    m = mask > 0
-    d = np.linalg.norm((pred - truth)[m])
-    n = np.linalg.norm(truth[m])
-    return float(100.0 * d / max(n, 1e-12))
-
-
-def psnr(pred, truth, mask, peak=1.0):
-    m = mask > 0
-    rmse = np.sqrt(np.mean((pred - truth)[m] ** 2))
-    return float(20 * np.log10(peak / max(rmse, 1e-12)))
-
 
 def denorm_outputs(pred_z, kind, norm, mask):
     """(N, C, ...) z-scored network output -> dict of ppm maps (clipped >= 0, masked)."""
@@ -287,7 +274,7 @@ def infer_volume(model, vol: "D.Volume", kind, norm, device, autocast_ctx, tile=
 
 
 def volume_metrics(pred: dict, vol: "D.Volume", kind) -> dict:
-    """NRMSE/PSNR/SSIM/HFEN (DESIGN.md section 6, :mod:`chisep.metrics`) of each output on one
+    """NRMSE/PSNR/SSIM/HFEN (:mod:`chisep.metrics`) of each output on one
     volume, in its evaluation mask (brain minus CSF minus vessels)."""
     from .. import metrics as M
 

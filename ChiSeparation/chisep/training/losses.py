@@ -1,4 +1,4 @@
-"""The chi-sepnet training loss (DESIGN.md section 4), in torch.
+"""The chi-sepnet training loss (docs/DESIGN.md, "Network"), in torch.
 
 loss = w_l1 * L1(z-scored outputs, z-scored labels)
      + w_gdl * GDL(z-scored outputs, z-scored labels)
