@@ -22,7 +22,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("slicer-core wheel without MRML", allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ChiSeparation"))
-from ChiSeparationLib import background as bgr  # noqa: E402
+from ChiSeparationLib import runner as bgr  # noqa: E402
 from ChiSeparationLib import mrml  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
