@@ -3,7 +3,8 @@
 ``Resources/SampleData/ChiSeparationSampleHead.npz`` holds the tissue parameters of one head made
 by the core simulator (``chisep.simulate.simulate_head(seed=1, size="small")``: 64 mm block around
 the basal ganglia, 1 mm, 3 T): proton density, R2, R2*, the total field (ppm), the phase offset, the
-brain mask and the lesion labels, quantised to small integers (about 1 MB). The multi-echo GRE
+brain mask, the lesion labels and the true χpara / |χdia| maps, quantised to small integers
+(about 1.3 MB). The multi-echo GRE
 (magnitude, phase) and SE magnitude are made from them here with the same signal equations the
 simulator uses, with seeded complex Gaussian noise, so loading the sample needs only numpy: no
 nilearn, nibabel or template files, and nothing is downloaded.
@@ -38,6 +39,7 @@ class SampleHead:
     te_s: list
     se_te_s: list
     b0_t: float
+    truth: dict          # the simulation's chi_para, chi_dia (ppm, positive magnitudes)
 
 
 def write_sample_asset(path=SAMPLE_FILE, seed: int = 1):
@@ -54,6 +56,8 @@ def write_sample_asset(path=SAMPLE_FILE, seed: int = 1):
         "phi0": np.round(t["phi0"] / np.pi * 127).astype(np.int8),
         "lesions": t["lesions"].astype(np.int8),
         "mask": t["mask"].astype(np.uint8),
+        "truth_chi_para": np.round(t["chi_para"] / _FIELD_STEP_PPM).astype(np.int16),
+        "truth_chi_dia": np.round(t["chi_dia"] / _FIELD_STEP_PPM).astype(np.int16),
         "affine": np.asarray(head.affine, np.float64),
         "te_s": np.asarray(head.te_s, np.float64),
         "se_te_s": np.asarray(head.se_te_s, np.float64),
@@ -100,4 +104,6 @@ def load_sample_head(path=SAMPLE_FILE, noise_seed: int = 1) -> SampleHead:
         se[..., e] = s
     return SampleHead(gre_mag=mag, gre_phase=pha, se_mag=se, lesions=d["lesions"].astype(np.int16),
                       mask=d["mask"].astype(np.uint8), affine=np.asarray(d["affine"], float),
-                      te_s=te, se_te_s=se_te, b0_t=b0)
+                      te_s=te, se_te_s=se_te, b0_t=b0,
+                      truth={k: d["truth_" + k].astype(np.float32) * np.float32(_FIELD_STEP_PPM)
+                             for k in ("chi_para", "chi_dia")})
