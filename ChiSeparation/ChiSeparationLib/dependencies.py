@@ -63,7 +63,11 @@ def missing(method: str, raw_inputs: bool, weights=None, find_spec=importlib.uti
     reqs = {name: req for name, req, _ in PIP_REQUIREMENTS}
     out = []
     for name in needs(method, raw_inputs, weights):
-        if find_spec(name) is None:
+        try:
+            spec = find_spec(name)
+        except (ImportError, ValueError):   # a broken or refused package counts as missing
+            spec = None
+        if spec is None:
             out.append((name, reqs.get(name)))
     return out
 
