@@ -313,3 +313,29 @@ def test_mrml_lib_imports_no_qt():
     core = MOD / "chisep"
     for p in core.rglob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+(slicer|qt)\b", p.read_text(encoding="utf-8"), re.M), p
+
+
+def test_repository_name_and_urls_follow_the_extensions_index_rules():
+    """The index wants the repository named "Slicer..." (extension and module stay ChiSeparation),
+    and every icon/screenshot URL must point at a file of this repository."""
+    f = s4ext_fields()
+    j = json.loads((ROOT / "ChiSeparation.json").read_text())
+    t = (ROOT / "CMakeLists.txt").read_text()
+    repo = re.match(r"https://github\.com/([^/]+)/([^/.]+)\.git$", j["scm_url"])
+    assert repo and repo.group(2).startswith("Slicer") and repo.group(2) == "SlicerChiSeparation"
+    assert f["scmurl"] == j["scm_url"]
+    assert f["homepage"] == cmake_str(t, "EXTENSION_HOMEPAGE") == j["scm_url"][:-4]
+    raw = f"https://raw.githubusercontent.com/{repo.group(1)}/{repo.group(2)}/{j['scm_revision']}/"
+    urls = f["screenshoturls"].split() + [f["iconurl"]]
+    assert cmake_str(t, "EXTENSION_SCREENSHOTURLS").split() == f["screenshoturls"].split()
+    for url in urls:
+        assert url.startswith(raw), url
+        path = ROOT / url[len(raw):]
+        assert path.is_file(), f"{url} points to a missing file {path}"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    shot = Image.open(ROOT / "Resources" / "Screenshots" / "ChiSeparation-1.png")
+    assert shot.size[0] >= 600 and shot.size[1] >= 300
+    # the panel's help links the same repository and its issue tracker
+    src = (MOD / "ChiSeparation.py").read_text(encoding="utf-8")
+    assert j["scm_url"][:-4] + "/issues" in src

@@ -359,6 +359,13 @@ class ChiSeparationLogic:
         fg = outputs.get(key) or next(iter(outputs.values()))
         under = p.greMagnitude if p.inputMode == "raw" else p.localField
         bg = self.display_volume(under) if under is not None else None
+        if bg is not None:
+            if bg.GetDisplayNode() is None:
+                bg.CreateDefaultDisplayNodes()
+            disp = bg.GetDisplayNode()
+            if disp is not None and disp.GetColorNode() is None:   # e.g. a proxy on a bare scene
+                grey = self.scene.GetNodeByID("vtkMRMLColorTableNodeGrey") or mrml.ensure_color_node(self.scene, "total")
+                disp.SetAndObserveColorNodeID(grey.GetID())
         opacity = float(p.overlayOpacity if opacity is None else opacity)
         mrml.apply_overlay_to_scene(self.scene, mrml.overlay_settings(bg, fg, opacity))
         spec = mrml.OUTPUT_MAPS.get(fg.GetAttribute("ChiSeparation.map") or "")
