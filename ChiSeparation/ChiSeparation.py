@@ -141,6 +141,7 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._metadataRead = {}   # selector -> ID of the node whose echo times were last read
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.connect("timeout()", self.onTimer)
@@ -211,6 +212,10 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
         self._parameterNode = node
         if node is not None:
+            # the stored echo times / field strength belong to the stored nodes: binding the widgets
+            # (which re-selects those nodes) must not re-read or clear what the user typed
+            self._metadataRead = {k: (n.GetID() if n is not None else None) for k, n in (
+                ("gre", node.greMagnitude), ("se", node.seMagnitude))}
             # widgets carrying a SlicerParameterName property in the .ui are bound automatically
             self._parameterNodeGuiTag = node.connectGui(self.ui)
             self.addObserver(node.parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
@@ -233,8 +238,15 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.inputMode = "raw" if raw else "processed"
         self.updateGui()
 
+    def _isNewSelection(self, key, node):
+        nodeID = node.GetID() if node is not None else None
+        if self._metadataRead.get(key, "") == nodeID:
+            return False
+        self._metadataRead[key] = nodeID
+        return True
+
     def onGreMagnitudeChanged(self, node):
-        if self._parameterNode is None:
+        if self._parameterNode is None or not self._isNewSelection("gre", node):
             return
         try:
             md = self.logic.apply_gre_metadata(self._parameterNode, node)
@@ -249,7 +261,7 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = ("Required, not in the data: " + ", ".join(missing)) if missing else "Ready."
 
     def onSeMagnitudeChanged(self, node):
-        if self._parameterNode is not None:
+        if self._parameterNode is not None and self._isNewSelection("se", node):
             try:
                 self.logic.apply_se_metadata(self._parameterNode, node)
             except ChiSeparationError as exc:
