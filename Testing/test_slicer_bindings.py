@@ -13,7 +13,8 @@ refused binding leaves the whole panel unbound (Apply never enables). Two layers
   wraps the parameter node on a real MRML scene and binds the .ui (``slicer_pnw_probe.py``; only Qt
   widgets are stand-ins), and the rule table must agree with it.
 
-Both layers also feed deliberately wrong pairs and must see them refused.
+Both layers also feed deliberately wrong pairs and must see them refused. With the Slicer source,
+the module file's own self-test also runs on Slicer's real ScriptedLoadableModule.py.
 """
 import dataclasses
 import importlib.util
@@ -204,3 +205,33 @@ def test_slicer_real_parameter_node_wrapper_binds_the_panel(ref, tmp_path, hints
         tp = {"weightsPath": str, "overlayOpacity": float, "fieldStrength": str, "mask": float,
               "echoTimes": str}[label.split(":")[0]]
         assert sc.check_binding(widget, tp, slicer.vtkMRMLNode)[0] is not None, label
+
+
+@pytest.mark.skipif(not SOURCE, reason="set SLICER_SOURCE_DIR to a Slicer git clone to run Slicer's "
+                                       "own ScriptedLoadableModule and parameterNodeWrapper code")
+@pytest.mark.parametrize("ref", REFS)
+def test_module_self_test_on_slicer_real_scripted_module_code(ref, tmp_path):
+    """ChiSeparation.py's own self-test (sample -> background run -> overlay -> lesion table)
+    through the module's logic class, on Slicer's real ScriptedLoadableModule.py and
+    parameterNodeWrapper of ``ref`` and a real MRML scene; only Qt and slicer.app are stand-ins."""
+    folder = tmp_path / "slicer-python"
+    extract_pnw(SOURCE, ref, folder / "parameterNodeWrapper")
+    (folder / "ScriptedLoadableModule.py").write_text(subprocess.run(
+        ["git", "-C", SOURCE, "show", f"{ref}:Base/Python/slicer/ScriptedLoadableModule.py"],
+        capture_output=True, text=True, check=True).stdout)
+    work = tmp_path / "slicer-temporary"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(MODULE_DIR), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).parent / "slicer_module_probe.py"),
+                           str(folder), str(MODULE_DIR), str(work)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(ref, r)
+    assert r["self_test"] == "passed" and r["shown"][-1] == "Test passed"
+    assert r["parameter_node_class"] == "ChiSeparationParameterNode" and r["module_name"] == "ChiSeparation"
+    assert r["singleton"] == 1
+    assert r["outputs"] == ["chi_dia", "chi_para", "chi_total", "r2prime"]
+    assert r["echoTimes"] == "0.005 0.011 0.017 0.023 0.029" and r["fieldStrength"] == 3.0
+    assert r["lesionLabels"] == "vtkMRMLLabelMapVolumeNode" and r["lesion_table_rows"] == 6
+    assert r["temporary_left"] == []
