@@ -306,6 +306,14 @@ def test_dicom_echo_times_and_field_strength_from_the_loaded_series(scene, tmpdi
     assert md["echo_times"] == pytest.approx([0.0041, 0.0082, 0.0123])
     assert md["field_strength"] == pytest.approx(1.5)
     assert p.echoTimes == "0.0041 0.0082 0.0123" and p.fieldStrength == 1.5
+    # a sequence imported from DICOM: the instance UIDs on the sequence node, not on its echoes
+    seq = mrml.volumes_from_4d(scene, np.ones((3, 3, 2, 3), np.float32), np.eye(4), "GRE seq",
+                               index_values=[1, 2, 3])
+    seq.SetIndexName("frame")
+    seq.SetIndexUnit("")
+    seq.SetAttribute("DICOM.instanceUIDs", echoes[0].GetAttribute("DICOM.instanceUIDs"))
+    md = logic.metadata(seq)
+    assert md["field_strength"] == pytest.approx(1.5)
     # a series without (0018,0087): field strength cleared, echo times still from the frames
     uid = "1.2.826.0.1.3680043.8.498.99"
     write_dicom(tmp_path / "nob0.dcm", uid, 5.0, None)

@@ -106,8 +106,14 @@ def input_metadata(echoes, file_for_instance=None) -> dict:
                 if len(nodes) > 1 or not (isinstance(echoes, (list, tuple)) or echoes.IsA("vtkMRMLSequenceNode")):
                     te = cand if all(1e-4 <= v <= 0.5 for v in cand) else None
         if b0 is None:
-            v = dicom_values(nodes[0], file_for_instance, ("MagneticFieldStrength",)).get("MagneticFieldStrength")
-            b0 = v if v is not None and 0.05 <= v <= 20.0 else None
+            # the series: the selected node itself (a sequence or multivolume from the DICOM
+            # plugins carries the instance UIDs), else its first echo
+            own = [] if isinstance(echoes, (list, tuple)) else [echoes]
+            for cand in own + nodes[:1]:
+                v = dicom_values(cand, file_for_instance, ("MagneticFieldStrength",)).get("MagneticFieldStrength")
+                if v is not None and 0.05 <= v <= 20.0:
+                    b0 = v
+                    break
     try:
         b0dir = mrml.b0_direction_from_node(echoes)
     except ValueError:
