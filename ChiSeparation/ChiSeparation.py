@@ -127,7 +127,9 @@ class ChiSeparationLogic(ScriptedLoadableModuleLogic):
                     return False
             elif dependencies.pip_requirement_is_allowed(req):
                 slicer.util.pip_install(req)
-        return True
+        import importlib
+        importlib.invalidate_caches()
+        return not self.missing_requirements(p)
 
 
 #
