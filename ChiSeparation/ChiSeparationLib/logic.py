@@ -103,7 +103,9 @@ def input_metadata(echoes, file_for_instance=None) -> dict:
             per = [dicom_values(n, file_for_instance, ("EchoTime",)).get("EchoTime") for n in nodes]
             if all(v is not None for v in per):
                 cand = [v / 1000.0 for v in per]          # DICOM EchoTime is in ms
-                if len(nodes) > 1 or not (isinstance(echoes, (list, tuple)) or echoes.IsA("vtkMRMLSequenceNode")):
+                single = nodes[0].GetImageData() if len(nodes) == 1 and hasattr(nodes[0], "GetImageData") else None
+                one_echo = single is not None and single.GetNumberOfScalarComponents() == 1
+                if len(nodes) > 1 or one_echo:   # never one header's TE for a multi-frame volume
                     te = cand if all(1e-4 <= v <= 0.5 for v in cand) else None
         if b0 is None:
             # the series: the selected node itself (a sequence or multivolume from the DICOM
