@@ -1,15 +1,13 @@
 """χ-Separation: paramagnetic and diamagnetic susceptibility maps in 3D Slicer.
 
-A thin scripted module: the panel (Resources/UI/ChiSeparation.ui), a parameter node keeping every
-choice with the scene, and a logic that writes the inputs as NIfTI, runs ``python -m chisep run`` in a
-background process (ChiSeparationLib.background) and loads the results as coloured overlays
-(ChiSeparationLib.mrml). The science lives in the ``chisep`` package beside this file.
+A thin scripted module: the module description, the panel (Resources/UI/ChiSeparation.ui, bound to
+the parameter node of ChiSeparationLib.parameters) and a self-test. Everything else (reading the
+data's echo times and field strength, the background ``chisep run``, output nodes, overlays, lesion
+table, sample data, what to install) is in ChiSeparationLib, which has no Qt and is tested on a real
+MRML scene; the science is the ``chisep`` package beside this file.
 """
 import logging
 import os
-import shutil
-import tempfile
-import typing
 
 import qt
 import vtk
@@ -19,22 +17,17 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-try:  # Slicer >= 5.2
-    from slicer.parameterNodeWrapper import parameterNodeWrapper
-except ImportError:  # pragma: no cover - older Slicer
-    parameterNodeWrapper = None
-
-from ChiSeparationLib import background, mrml
+from ChiSeparationLib import dependencies, mrml, runner
+from ChiSeparationLib.logic import ChiSeparationError
+from ChiSeparationLib.logic import ChiSeparationLogic as _Logic
+from ChiSeparationLib.parameters import ChiSeparationParameterNode
 
 METHODS = [("χ-sepnet-R2′ (GRE + SE or R2)", "chisepnet-r2prime"),
            ("χ-sepnet-R2* (GRE only)", "chisepnet-r2star"),
            ("Regularized (conventional)", "regularized")]
 DEVICES = [("Auto", "auto"), ("CPU", "cpu"), ("GPU (CUDA)", "cuda")]
 FIELD_UNITS = [("Hz", "hz"), ("ppm", "ppm"), ("rad", "rad")]
-#: Packages the core needs beyond what Slicer ships. Never numpy, vtk or SimpleITK: Slicer ships
-#: its own builds and a PyPI copy breaks them.
-PIP_REQUIREMENTS = [("nibabel", "nibabel"), ("scipy", "scipy"), ("safetensors", "safetensors")]
-NEVER_PIP = {"numpy", "vtk", "simpleitk"}
+ISSUES_URL = "https://github.com/chiseparation/SlicerChiSeparation/issues"
 
 
 #
@@ -48,57 +41,95 @@ class ChiSeparation(ScriptedLoadableModule):
         self.parent.categories = ["Quantification"]
         self.parent.dependencies = []
         self.parent.contributors = ["ChiSeparation contributors"]
-        self.parent.helpText = """
+        self.parent.helpText = f"""
 Separates brain magnetic susceptibility into a paramagnetic map (χpara, mostly iron) and a
 diamagnetic map (|χdia|, mostly myelin) from multi-echo GRE (optionally with multi-echo SE or an R2
 map), or from already-processed maps (local field, R2*, R2′, mask), with χ-sepnet or the
 conventional regularized χ-separation. Outputs are in ppm (|χdia| as a positive magnitude) and R2′
 in Hz, overlaid on the GRE magnitude. Not for clinical use.
-See the <a href="https://github.com/chiseparation/ChiSeparation">project page</a>.
+See the <a href="https://github.com/chiseparation/SlicerChiSeparation">project page</a>;
+report problems at <a href="{ISSUES_URL}">{ISSUES_URL}</a>.
 """
         self.parent.acknowledgementText = """
 χ-sepnet: Kim M. et al., Human Brain Mapping 2025. χ-separation: Shin H.-G. et al., NeuroImage 2021.
 The built-in network weights are the project's own, trained on simulated heads (see MODEL_CARD.md).
 """
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """The simulated sample head in the Sample Data module (built from a file shipped with the
+    module; nothing is downloaded)."""
+    import SampleData
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+
+    def load(source=None):
+        logic = ChiSeparationLogic()
+        return logic.loadSampleData(logic.getParameterNode())
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="χ-Separation", sampleName="ChiSeparationSampleHead",
+        thumbnailFileName=os.path.join(iconsPath, "ChiSeparation.png"),
+        uris=[], fileNames=[], nodeNames=[], customDownloader=load)
 
 
 #
-# Parameter node
+# Logic: the Slicer application's side of ChiSeparationLib.logic
 #
 
-#: What a multi-echo selector accepts. The parameter node's GUI connector sets the node combo box's
-#: nodeTypes from this annotation, so it must name concrete classes (the abstract vtkMRMLNode would
-#: list every node of the scene); the multivolume class exists only with MultiVolumeExplorer.
-MULTI_ECHO_NODE_CLASSES = tuple(getattr(slicer, c) for c in (
-    "vtkMRMLSequenceNode", "vtkMRMLMultiVolumeNode", "vtkMRMLScalarVolumeNode") if hasattr(slicer, c))
-#: None is part of the union: the wrapper's union serializer can store "no node" only that way.
-MultiEchoNode = typing.Union[MULTI_ECHO_NODE_CLASSES + (type(None),)]
+class ChiSeparationLogic(ScriptedLoadableModuleLogic):
+    """The module's parameter node plus ChiSeparationLib.logic on the application's scene (every
+    other attribute is the Lib logic's)."""
 
-if parameterNodeWrapper is not None:
-    @parameterNodeWrapper
-    class ChiSeparationParameterNode:
-        """Every choice of the panel, saved with the scene."""
-        inputMode: str = "raw"                      # "raw" | "processed"
-        greMagnitude: MultiEchoNode                 # sequence, multivolume, or a volume (one echo,
-        grePhase: MultiEchoNode                     # a 4-D file's proxy, or one of "<stem>_eN")
-        echoTimes: str = ""                         # seconds, "0.004 0.008 ..."
-        seMagnitude: MultiEchoNode
-        seEchoTimes: str = ""
-        r2Map: slicer.vtkMRMLScalarVolumeNode
-        localField: slicer.vtkMRMLScalarVolumeNode
-        fieldUnit: str = "ppm"
-        r2starMap: slicer.vtkMRMLScalarVolumeNode
-        r2primeMap: slicer.vtkMRMLScalarVolumeNode
-        mask: slicer.vtkMRMLScalarVolumeNode
-        fieldStrength: float = 3.0                  # tesla
-        b0Direction: str = ""                       # "i j k" unit vector; empty: from the data
-        method: str = "chisepnet-r2prime"
-        weightsPath: str = ""                       # empty: built-in weights
-        device: str = "auto"
-        overlayOpacity: float = 0.6
-        lesionLabels: slicer.vtkMRMLScalarVolumeNode
-else:  # pragma: no cover
-    ChiSeparationParameterNode = None
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        sequences = getattr(slicer.modules, "sequences", None)
+        database = getattr(slicer, "dicomDatabase", None)
+        self.lib = _Logic(slicer.mrmlScene, temporary_dir=slicer.app.temporaryPath,
+                          sequences_logic=sequences.logic() if sequences is not None else None,
+                          python=runner.python_executable(),
+                          file_for_instance=database.fileForInstance if database is not None else None)
+
+    def __getattr__(self, name):
+        lib = self.__dict__.get("lib")
+        if lib is None:
+            raise AttributeError(name)
+        return getattr(lib, name)
+
+    def getParameterNode(self):
+        return ChiSeparationParameterNode(super().getParameterNode())
+
+    def loadSampleData(self, p=None):
+        sample = self.load_sample_data(p)
+        first = self.display_volume(sample["gre_mag"])
+        if first is not None:
+            slicer.util.setSliceViewerLayers(background=first, fit=True)
+        return sample
+
+    def installRequirements(self, p, askConfirmation=True):
+        """Install what the chosen method needs (asks first): pip packages, torch through the
+        PyTorch extension. Returns False when the user declined or torch is unavailable."""
+        missing = self.missing_requirements(p)
+        if not missing:
+            return True
+        names = ", ".join(req or "PyTorch (PyTorch extension)" for _, req in missing)
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                f"χ-Separation needs {names} for this choice. Install now? (once; needs internet)"):
+            return False
+        for name, req in missing:
+            if req is None:
+                try:
+                    import PyTorchUtils
+                except ImportError:
+                    raise ChiSeparationError("χ-sepnet needs the PyTorch extension: install 'PyTorch' from the "
+                                             "Extensions Manager and restart Slicer, or choose the regularized method")
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                    return False
+            elif dependencies.pip_requirement_is_allowed(req):
+                slicer.util.pip_install(req)
+        import importlib
+        importlib.invalidate_caches()
+        return not self.missing_requirements(p)
 
 
 #
@@ -112,6 +143,7 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._metadataRead = {}   # selector -> ID of the node whose echo times were last read
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.connect("timeout()", self.onTimer)
@@ -123,7 +155,6 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = ChiSeparationLogic()
-
         for combo, items in ((self.ui.methodComboBox, METHODS), (self.ui.deviceComboBox, DEVICES),
                              (self.ui.fieldUnitComboBox, FIELD_UNITS)):
             combo.clear()
@@ -132,10 +163,8 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.overlayMapComboBox.clear()
         for key, spec in mrml.OUTPUT_MAPS.items():
             self.ui.overlayMapComboBox.addItem(spec.title, key)
-
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
         self.ui.rawInputsRadioButton.connect("toggled(bool)", self.onInputModeChanged)
         self.ui.greMagnitudeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onGreMagnitudeChanged)
         self.ui.seMagnitudeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSeMagnitudeChanged)
@@ -148,7 +177,6 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.overlayMapComboBox.connect("currentIndexChanged(int)", self.onOverlayChanged)
         self.ui.overlayOpacitySlider.connect("valueChanged(double)", self.onOverlayChanged)
         self.ui.computeLesionsButton.connect("clicked(bool)", self.onComputeLesions)
-        self.ui.cancelButton.enabled = False
         self.ui.progressBar.setValue(0)
         self.ui.statusLabel.text = "Ready."
         self.initializeParameterNode()
@@ -168,6 +196,7 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event):
+        self.logic.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -181,10 +210,17 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and self._parameterNodeGuiTag:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
         self._parameterNode = node
         if node is not None:
+            # the stored echo times / field strength belong to the stored nodes: binding the widgets
+            # (which re-selects those nodes) must not re-read or clear what the user typed
+            self._metadataRead = {k: (n.GetID() if n is not None else None) for k, n in (
+                ("gre", node.greMagnitude), ("se", node.seMagnitude))}
             # widgets carrying a SlicerParameterName property in the .ui are bound automatically
             self._parameterNodeGuiTag = node.connectGui(self.ui)
+            self.addObserver(node.parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
             for combo, value in ((self.ui.methodComboBox, node.method), (self.ui.deviceComboBox, node.device),
                                  (self.ui.fieldUnitComboBox, node.fieldUnit)):
                 i = combo.findData(value)
@@ -204,86 +240,98 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.inputMode = "raw" if raw else "processed"
         self.updateGui()
 
+    def _isNewSelection(self, key, node):
+        nodeID = node.GetID() if node is not None else None
+        if self._metadataRead.get(key, "") == nodeID:
+            return False
+        self._metadataRead[key] = nodeID
+        return True
+
     def onGreMagnitudeChanged(self, node):
+        if self._parameterNode is None or not self._isNewSelection("gre", node):
+            return
         try:
-            echoes = self.logic.inputEchoes(node)
-        except ValueError as exc:  # e.g. a gap in "<stem>_eN" echo volumes
+            md = self.logic.apply_gre_metadata(self._parameterNode, node)
+        except ChiSeparationError as exc:
             self.ui.statusLabel.text = str(exc)
-            echoes = node
-        te = mrml.echo_times_from_node(echoes)
-        if te and self._parameterNode is not None:
-            self._parameterNode.echoTimes = " ".join(f"{t:g}" for t in te)
-        b0 = mrml.field_strength_from_node(echoes)
-        if b0 and self._parameterNode is not None:
-            self._parameterNode.fieldStrength = b0
-        try:
-            b0dir = mrml.b0_direction_from_node(echoes)
-        except ValueError:
-            b0dir = None
+            return
+        b0dir = md["b0_direction"]
         self.ui.b0DirectionLineEdit.placeholderText = (
             "from the data: " + " ".join(f"{x:.4f}" for x in b0dir) if b0dir is not None
             else "from the volume geometry")
-        self.updateGui()
+        missing = [w for w, v in (("echo times", md["echo_times"]), ("field strength", md["field_strength"])) if not v]
+        self.ui.statusLabel.text = ("Required, not in the data: " + ", ".join(missing)) if missing else "Ready."
 
     def onSeMagnitudeChanged(self, node):
-        try:
-            te = mrml.echo_times_from_node(self.logic.inputEchoes(node))
-        except ValueError as exc:
-            self.ui.statusLabel.text = str(exc)
-            te = None
-        if te and self._parameterNode is not None:
-            self._parameterNode.seEchoTimes = " ".join(f"{t:g}" for t in te)
-        self.updateGui()
+        if self._parameterNode is not None and self._isNewSelection("se", node):
+            try:
+                self.logic.apply_se_metadata(self._parameterNode, node)
+            except ChiSeparationError as exc:
+                self.ui.statusLabel.text = str(exc)
 
-    def updateGui(self):
+    def updateGui(self, *args):
         p = self._parameterNode
         raw = p is None or p.inputMode == "raw"
         self.ui.rawInputsGroupBox.visible = raw
         self.ui.processedInputsGroupBox.visible = not raw
-        running = self.logic is not None and self.logic.isRunning()
-        ready = p is not None and ((raw and p.greMagnitude and p.grePhase)
-                                   or (not raw and p.localField and p.r2starMap and p.mask))
-        self.ui.applyButton.enabled = bool(ready) and not running
-        self.ui.applyButton.toolTip = ("Run χ-separation" if ready else
-                                       "Choose the GRE magnitude and phase, or the processed maps")
+        running = self.logic is not None and self.logic.is_running()
+        problem = None
+        if p is None:
+            problem = "no parameter node"
+        else:
+            try:
+                self.logic.validate(p)
+            except ChiSeparationError as exc:
+                problem = str(exc)
+        self.ui.applyButton.enabled = problem is None and not running
+        self.ui.applyButton.toolTip = "Run χ-separation" if problem is None else problem
         self.ui.cancelButton.enabled = running
         self.ui.loadSampleDataButton.enabled = not running
+        haveOutputs = p is not None and bool(self.logic.output_nodes(p))
+        self.ui.computeLesionsButton.enabled = haveOutputs and p.lesionLabels is not None
 
     # ------------------------------------------------------------------ run
     def onApplyButton(self):
+        p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("χ-separation could not start.", waitCursor=True):
-            p = self._parameterNode
-            if p.method.startswith("chisepnet") and not self.logic.ensureTorch():
-                self.ui.statusLabel.text = "χ-sepnet needs PyTorch: install it or choose the regularized method."
+            problem = self.logic.device_problem(p.device)
+            if problem is not None:
+                if not slicer.util.confirmOkCancelDisplay(problem[0].upper() + problem[1:]):
+                    return
+                p.device = "cpu"
+                self.ui.deviceComboBox.currentIndex = self.ui.deviceComboBox.findData("cpu")
+            if not self.logic.installRequirements(p):
+                self.ui.statusLabel.text = "Not started: the method's requirements are not installed."
                 return
-            self.logic.ensurePythonPackages()
-            self.logic.startRun(p)
+            self.logic.start(p)
             self.ui.progressBar.setValue(0)
             self.ui.statusLabel.text = "Starting…"
             self.timer.start()
         self.updateGui()
 
     def onTimer(self):
-        runner = self.logic.runner
-        if runner is None:
+        try:
+            _events, state = self.logic.poll()
+        except Exception as exc:  # noqa: BLE001 - loading the results failed
             self.timer.stop()
+            slicer.util.errorDisplay(f"Could not load the results: {exc}")
+            self.updateGui()
             return
-        for _fraction, _message in runner.poll():
-            pass
-        self.ui.progressBar.setValue(int(round(100 * runner.progress)))
-        if runner.message:
-            self.ui.statusLabel.text = runner.message
-        if runner.state == background.RUNNING:
+        r = self.logic.runner
+        if r is not None:
+            self.ui.progressBar.setValue(int(round(100 * r.progress)))
+            if r.message:
+                self.ui.statusLabel.text = r.message
+        if state == runner.RUNNING:
             return
         self.timer.stop()
-        if runner.state == background.SUCCEEDED:
-            with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                self.logic.loadResults(self._parameterNode)
-                self.showOverlay()
-                self.ui.statusLabel.text = f"Done in {runner.elapsed_s:.0f} s."
-        elif runner.state == background.FAILED:
+        if state == runner.SUCCEEDED:
+            self.showOverlay()
+            self.ui.statusLabel.text = f"Done in {r.elapsed_s:.0f} s."
+        elif state == runner.FAILED:
             self.ui.statusLabel.text = "Failed."
-            slicer.util.errorDisplay("χ-separation failed:\n\n" + runner.error)
+            slicer.util.errorDisplay("χ-separation failed:\n\n" + r.error +
+                                     f"\n\nIf this looks like a bug, please report it at {ISSUES_URL}")
         self.updateGui()
 
     def onCancelButton(self):
@@ -295,234 +343,30 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ display
     def onOverlayChanged(self, *args):
-        if self.logic.outputNodes:
+        if self._parameterNode is not None and self.logic.output_nodes(self._parameterNode):
             self.showOverlay()
 
     def showOverlay(self):
         key = self.ui.overlayMapComboBox.currentData or "chi_para"
-        fg = self.logic.outputNodes.get(key)
-        bgNode = self.logic.displayVolume(self._parameterNode.greMagnitude) if self._parameterNode else None
-        self.logic.showOverlay(bgNode, fg, self.ui.overlayOpacitySlider.value)
+        with slicer.util.tryWithErrorDisplay("Could not show the maps."):
+            self.logic.show_overlay(self._parameterNode, key)
+            slicer.util.resetSliceViews()
 
     def onLoadSampleData(self):
-        with slicer.util.tryWithErrorDisplay("Could not build the sample data.", waitCursor=True):
-            self.ui.statusLabel.text = "Simulating a head…"
-            slicer.app.processEvents()
+        with slicer.util.tryWithErrorDisplay("Could not load the sample data.", waitCursor=True):
             self.logic.loadSampleData(self._parameterNode)
-            self.ui.statusLabel.text = "Sample data loaded (simulated head)."
+            self.ui.statusLabel.text = "Sample data loaded (simulated head, 3 T)."
         self.updateGui()
 
     def onComputeLesions(self):
         with slicer.util.tryWithErrorDisplay("Could not compute lesion statistics.", waitCursor=True):
-            table = self.logic.lesionTable(self._parameterNode.lesionLabels)
+            table, rows = self.logic.lesion_table(self._parameterNode)
             self.ui.lesionTableView.setMRMLTableNode(table)
-            self.ui.statusLabel.text = f"{table.GetNumberOfRows()} lesions."
+            self.ui.statusLabel.text = f"{len(rows)} lesions."
 
 
 #
-# Logic
-#
-
-class ChiSeparationLogic(ScriptedLoadableModuleLogic):
-    """Runs the core in a background process and shows the results; usable without the GUI."""
-
-    def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
-        self.runner = None
-        self.workDir = None
-        self.inputName = None
-        self.outputNodes = {}
-
-    def getParameterNode(self):
-        return ChiSeparationParameterNode(super().getParameterNode())
-
-    # ------------------------------------------------------------------ dependencies
-    def ensureTorch(self, askConfirmation=True):
-        """torch through the PyTorch extension's utilities (asks first); True when importable."""
-        try:
-            import torch  # noqa: F401
-            return True
-        except ImportError:
-            pass
-        try:
-            import PyTorchUtils
-        except ImportError:
-            slicer.util.errorDisplay("χ-sepnet needs the PyTorch extension: install 'PyTorch' from "
-                                     "the Extensions Manager and restart Slicer.")
-            return False
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation)
-        return torch is not None
-
-    def ensurePythonPackages(self):
-        for module, requirement in PIP_REQUIREMENTS:
-            if requirement.lower() in NEVER_PIP:
-                continue
-            try:
-                __import__(module)
-            except ImportError:
-                slicer.util.pip_install(requirement)
-
-    # ------------------------------------------------------------------ inputs
-    @staticmethod
-    def inputEchoes(node):
-        """What a multi-echo selector means: a sequence/multivolume as is, or, for a scalar volume
-        named like "<stem>_e2" / "<stem> echo 2", every echo volume of that series (a list)."""
-        if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
-            return node
-        sequence = mrml.sequence_of_proxy(slicer.mrmlScene, node)  # a 4-D file shows as its proxy
-        if sequence is not None:
-            return sequence
-        echoes = mrml.echo_volumes(slicer.mrmlScene, node)
-        return echoes if len(echoes) > 1 else node
-
-    def runParameters(self, p, workDir):
-        """Write the chosen nodes as NIfTI in ``workDir`` and return the ``chisep run`` parameters."""
-        b0dir = mrml.parse_b0_direction(p.b0Direction)  # ValueError shown plainly by the widget
-
-        def save(node, name, te=None, multiEcho=False):
-            if node is None:
-                return None
-            if multiEcho:
-                node = self.inputEchoes(node)
-            sidecar = {"EchoTime": te} if te else None
-            if sidecar is not None:
-                sidecar["MagneticFieldStrength"] = float(p.fieldStrength)
-                if b0dir is not None:
-                    sidecar["B0Direction"] = [float(x) for x in b0dir]
-            return mrml.save_input_nifti(node, os.path.join(workDir, name + ".nii.gz"), sidecar=sidecar)
-
-        params = {"method": p.method, "device": p.device, "weights": p.weightsPath or None,
-                  "b0": p.fieldStrength}
-        if p.inputMode == "raw":
-            te = [float(x) for x in p.echoTimes.replace(",", " ").split()] or None
-            ste = [float(x) for x in p.seEchoTimes.replace(",", " ").split()] or None
-            params.update(gre_mag=save(p.greMagnitude, "gre_mag", te, True),
-                          gre_phase=save(p.grePhase, "gre_phase", te, True), te=te,
-                          se_mag=save(p.seMagnitude, "se_mag", ste, True),
-                          se_te=ste if p.seMagnitude else None,
-                          r2=save(p.r2Map, "r2"), mask=save(p.mask, "mask"))
-        else:
-            params.update(local_field=save(p.localField, "local_field"), field_unit=p.fieldUnit,
-                          r2star=save(p.r2starMap, "r2star"), r2prime=save(p.r2primeMap, "r2prime"),
-                          r2=save(p.r2Map, "r2"), mask=save(p.mask, "mask"),
-                          te=p.echoTimes if p.fieldUnit == "rad" else None)
-        return params
-
-    def startRun(self, p):
-        if self.isRunning():
-            raise RuntimeError("a run is already going; cancel it first")
-        self.cleanupWorkDir()
-        self.workDir = tempfile.mkdtemp(prefix="ChiSeparation-", dir=slicer.app.temporaryPath)
-        inputNode = p.greMagnitude if p.inputMode == "raw" else p.localField
-        self.inputName = inputNode.GetName()
-        argv = background.chisep_command(self.runParameters(p, self.workDir))
-        env = dict(os.environ)
-        moduleDir = os.path.dirname(os.path.abspath(__file__))  # chisep is packaged beside this file
-        env["PYTHONPATH"] = os.pathsep.join([moduleDir] + [x for x in [env.get("PYTHONPATH")] if x])
-        logging.info("ChiSeparation: %s", " ".join(argv))
-        self.runner = background.ChisepRunner(argv, os.path.join(self.workDir, "maps"), env=env).start()
-        return self.runner
-
-    def isRunning(self):
-        return self.runner is not None and self.runner.running
-
-    def cancel(self):
-        if self.isRunning():
-            self.runner.cancel()
-
-    def run(self, p, timeout=None):
-        """Synchronous run (scripts and the self-test): start, wait, load; returns the output nodes."""
-        self.startRun(p)
-        state = self.runner.wait(timeout=timeout)
-        if state != background.SUCCEEDED:
-            raise RuntimeError(self.runner.error or state)
-        return self.loadResults(p)
-
-    def loadResults(self, p=None):
-        self.outputNodes = mrml.load_outputs(slicer.mrmlScene, os.path.join(self.workDir, "maps"),
-                                             self.inputName)
-        return self.outputNodes
-
-    @staticmethod
-    def sequencesLogic():
-        sequences = getattr(slicer.modules, "sequences", None)
-        return sequences.logic() if sequences is not None else None
-
-    def displayVolume(self, node):
-        """The scene volume under the maps: a sequence's proxy, the first echo volume, or the node."""
-        return mrml.display_volume(slicer.mrmlScene, self.inputEchoes(node), self.sequencesLogic())
-
-    def showOverlay(self, backgroundNode, foregroundNode, opacity=0.6):
-        """The chosen map as a coloured foreground over the GRE magnitude, with its colour legend."""
-        settings = mrml.overlay_settings(backgroundNode, foregroundNode, opacity)
-        mrml.apply_overlay_to_scene(slicer.mrmlScene, settings)
-        if foregroundNode is not None:
-            spec = mrml.OUTPUT_MAPS.get(foregroundNode.GetAttribute("ChiSeparation.map") or "")
-            if spec is not None:
-                mrml.setup_color_legend(slicer.mrmlScene, foregroundNode, spec.title, visible=True)
-        mrml.show_only_legend_of(list(self.outputNodes.values()), foregroundNode)
-        slicer.util.resetSliceViews()
-
-    def lesionTable(self, labelsNode):
-        if labelsNode is None:
-            raise ValueError("choose a lesion label map")
-        if not self.outputNodes:
-            raise ValueError("run χ-separation first")
-        maps = {k: v for k, v in self.outputNodes.items() if k in ("chi_para", "chi_dia", "chi_total", "r2prime")}
-        table, _rows = mrml.lesion_table_from_nodes(slicer.mrmlScene, maps, labelsNode,
-                                                    name=f"{self.inputName} lesions")
-        return table
-
-    def loadSampleData(self, p=None, size="small", seed=1):
-        """A simulated head (the core's simulator): GRE/SE sequences with echo times, lesion labels."""
-        from chisep.simulate import simulate_head
-        head = simulate_head(seed=seed, size=size)
-        te = [float(t) for t in head.te_s]
-        mag = mrml.volumes_from_4d(slicer.mrmlScene, head.gre_mag, head.affine, "Sample GRE magnitude",
-                                   index_values=te)
-        pha = mrml.volumes_from_4d(slicer.mrmlScene, head.gre_phase, head.affine, "Sample GRE phase",
-                                   index_values=te)
-        se = None
-        if head.se_mag is not None:
-            se = mrml.volumes_from_4d(slicer.mrmlScene, head.se_mag, head.affine, "Sample SE magnitude",
-                                      index_values=[float(t) for t in head.se_te_s])
-        lesions = None
-        if "lesions" in head.truth:
-            lesions = mrml.volume_node_from_array(slicer.mrmlScene, head.truth["lesions"].astype("int16"),
-                                                  head.affine, "Sample lesions",
-                                                  class_name="vtkMRMLLabelMapVolumeNode")
-        for n in (mag, pha, se):
-            if n is not None and n.IsA("vtkMRMLSequenceNode"):
-                n.SetAttribute("MagneticFieldStrength", f"{head.b0_t:g}")
-                self._browse(n)
-        if p is not None:
-            p.inputMode = "raw"
-            p.greMagnitude, p.grePhase, p.seMagnitude = mag, pha, se
-            p.echoTimes = " ".join(f"{t:g}" for t in te)
-            p.seEchoTimes = " ".join(f"{t:g}" for t in head.se_te_s) if se is not None else ""
-            p.fieldStrength = float(head.b0_t)
-            p.b0Direction = ""
-            p.lesionLabels = lesions
-        first = self.displayVolume(mag)
-        if first is not None and first.GetScene() is not None:
-            slicer.util.setSliceViewerLayers(background=first, fit=True)
-        return {"gre_mag": mag, "gre_phase": pha, "se_mag": se, "lesions": lesions, "head": head}
-
-    def _browse(self, sequenceNode):
-        """A sequence browser and proxy volume so the sequence shows in the views."""
-        try:
-            mrml.browse_sequence(slicer.mrmlScene, sequenceNode, self.sequencesLogic())
-        except Exception:  # noqa: BLE001 - the sequence stays usable as an input without a browser
-            logging.debug("no sequence browser for %s", sequenceNode.GetName())
-
-    def cleanupWorkDir(self):
-        if self.workDir and os.path.isdir(self.workDir):
-            shutil.rmtree(self.workDir, ignore_errors=True)
-        self.workDir = None
-
-
-#
-# Self-test (inside Slicer)
+# Self-test (inside Slicer): the steps of Testing/test_slicer_lib_logic.py through the application
 #
 
 class ChiSeparationTest(ScriptedLoadableModuleTest):
@@ -531,34 +375,26 @@ class ChiSeparationTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_ChiSeparation_simulated_head()
+        self.test_ChiSeparation_sample_head()
 
-    def test_ChiSeparation_simulated_head(self):
-        self.delayDisplay("Simulating a small head")
+    def test_ChiSeparation_sample_head(self):
+        self.delayDisplay("Loading the sample head")
         logic = ChiSeparationLogic()
         p = logic.getParameterNode()
         sample = logic.loadSampleData(p)
-        self.assertIsNotNone(p.greMagnitude)
         self.assertEqual(len(p.echoTimes.split()), sample["head"].gre_mag.shape[3])
-        p.method = "regularized"
-        p.device = "cpu"
+        self.assertAlmostEqual(p.fieldStrength, 3.0)
+        p.method, p.device = "regularized", "cpu"
         self.delayDisplay("Running regularized χ-separation in the background")
         nodes = logic.run(p, timeout=600)
         self.assertEqual(set(nodes), {"chi_para", "chi_dia", "chi_total", "r2prime"})
-        self.assertEqual(nodes["chi_para"].GetDisplayNode().GetColorNode().GetName(), mrml.COLOR_NODE_NAMES["para"])
-        count = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
-        logic.run(p, timeout=600)  # re-run replaces
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"), count)
-        greVolume = logic.displayVolume(p.greMagnitude)
-        self.assertIs(greVolume.GetScene(), slicer.mrmlScene)
-        logic.showOverlay(greVolume, nodes["chi_para"], 0.6)
+        self.assertIsNone(logic.work_dir)      # temporary inputs removed
+        bg, fg = logic.show_overlay(p, "chi_para")
         composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
-        if composite is not None:  # none when Slicer runs without a main window
-            self.assertEqual(composite.GetBackgroundVolumeID(), greVolume.GetID())
-            self.assertEqual(composite.GetForegroundVolumeID(), nodes["chi_para"].GetID())
-        self.assertTrue(mrml.color_legend(nodes["chi_para"]).GetVisibility())
-        if sample["lesions"] is not None:
-            table = logic.lesionTable(sample["lesions"])
-            self.assertGreater(table.GetNumberOfRows(), 0)
-        logic.cleanupWorkDir()
+        if composite is not None:
+            self.assertEqual(composite.GetForegroundVolumeID(), fg.GetID())
+        table, rows = logic.lesion_table(p)
+        self.assertEqual(table.GetNumberOfRows(), len(rows))
+        self.assertGreater(len(rows), 0)
+        logging.info("ChiSeparation self-test: %d lesions", len(rows))
         self.delayDisplay("Test passed")

@@ -1,12 +1,12 @@
 """MRML-facing logic of the Slicer module on a REAL MRML scene (the slicer-core wheel), no Qt.
 
-Covers ChiSeparation/ChiSeparationLib/mrml.py and background.py: arrays <-> volume nodes (oblique,
+Covers ChiSeparation/ChiSeparationLib/mrml.py and runner.py: arrays <-> volume nodes (oblique,
 anisotropic), sequences, output nodes with colour tables and window/level, re-runs replacing nodes,
 the colour a user sees in a slice view (vtkMRMLSliceLogic blends offscreen here), lesion tables, the
 chisep command line and the background runner (progress, failure, cancel), and one real run.
 Also: parent transforms, multivolumes, sequence browsers/proxies, echo times / field strength / B0
-direction read from the data, one-volume-per-echo series, colour legends, and ChiSeparationLogic
-(ChiSeparation.py, with stand-ins only for the application parts the wheel lacks) end to end.
+direction read from the data, one-volume-per-echo series, colour legends. The module's logic
+(ChiSeparationLib.logic) is tested in test_slicer_lib_logic.py.
 """
 import json
 import os
@@ -22,7 +22,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("slicer-core wheel without MRML", allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ChiSeparation"))
-from ChiSeparationLib import background as bgr  # noqa: E402
+from ChiSeparationLib import runner as bgr  # noqa: E402
 from ChiSeparationLib import mrml  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
@@ -592,145 +592,3 @@ def test_real_chisep_run_in_background_and_loaded(tmp_path, scene):
     # the estimate follows the truth inside the brain
     m = head.truth["mask"] > 0
     assert np.corrcoef(para[m], head.truth["chi_para"][m])[0, 1] > 0.5
-
-
-# ----------------------------------------------------------------------------- the module's logic class
-
-MODULE_PY = Path(__file__).resolve().parents[1] / "ChiSeparation" / "ChiSeparation.py"
-
-
-def _parameter_defaults():
-    """The fields of ChiSeparationParameterNode with their defaults (None for node references)."""
-    import ast
-    for node in ast.walk(ast.parse(MODULE_PY.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ClassDef) and node.name == "ChiSeparationParameterNode":
-            return {s.target.id: (ast.literal_eval(s.value) if s.value is not None else None)
-                    for s in node.body if isinstance(s, ast.AnnAssign)}
-    raise AssertionError("ChiSeparationParameterNode not found")
-
-
-@pytest.fixture
-def module(monkeypatch, scene, tmp_path):
-    """ChiSeparation.py imported on the real MRML scene. The Slicer application parts that the
-    slicer-core wheel lacks (the scripted-module base classes, qt, slicer.app, view resets) are
-    stand-ins here; ChiSeparationLogic itself and everything below it run for real."""
-    import importlib.util
-    import types
-    import unittest
-    import slicer.util
-    qt = types.ModuleType("qt")
-    qt.QTimer = type("QTimer", (), {})
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-    slm.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {"__init__": lambda self, parent: None})
-    slm.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {"__init__": lambda self: None})
-    slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
-    slm.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (unittest.TestCase,), {})
-    monkeypatch.setitem(sys.modules, "qt", qt)
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
-    (tmp_path / "slicer-tmp").mkdir()
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path / "slicer-tmp")),
-                        raising=False)
-    monkeypatch.setattr(slicer.util, "resetSliceViews", lambda *a, **k: None)
-    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda *a, **k: None)
-    spec = importlib.util.spec_from_file_location("ChiSeparation_under_test", MODULE_PY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_module_logic_runs_a_simulated_head_end_to_end(module, scene, tmp_path):
-    """Sample data -> parameters -> background chisep run (raw GRE + SE, regularized) -> coloured
-    outputs named after the input, overlaid on the GRE proxy with its legend -> lesion table."""
-    logic = module.ChiSeparationLogic()
-    p = types_namespace(_parameter_defaults())
-    sample = logic.loadSampleData(p)
-    head = sample["head"]
-    assert p.greMagnitude.IsA("vtkMRMLSequenceNode") and p.inputMode == "raw"
-    np.testing.assert_allclose([float(x) for x in p.echoTimes.split()], head.te_s)
-    assert p.fieldStrength == pytest.approx(head.b0_t)
-    # the GRE shows in the views through its proxy, and picking that proxy means the whole sequence
-    proxy = logic.displayVolume(p.greMagnitude)
-    assert proxy.GetScene() is scene and logic.inputEchoes(proxy) is p.greMagnitude
-    np.testing.assert_allclose(mrml.echo_times_from_node(p.greMagnitude), head.te_s)
-
-    p.method, p.device = "regularized", "cpu"
-    nodes = logic.run(p, timeout=120)
-    assert sorted(n.GetName() for n in nodes.values()) == sorted(
-        f"Sample GRE magnitude {k}" for k in ("chi_para", "chi_dia", "chi_total", "r2prime"))
-    # the inputs went out with their echo times and field strength, in the volume's geometry
-    side = json.loads((Path(logic.workDir) / "gre_mag.json").read_text())
-    np.testing.assert_allclose(side["EchoTime"], head.te_s)
-    assert side["MagneticFieldStrength"] == pytest.approx(head.b0_t) and "B0Direction" not in side
-    para, aff = mrml.array_from_volume_node(nodes["chi_para"])
-    np.testing.assert_allclose(aff, head.affine, atol=1e-5)
-    dia = mrml.array_from_volume_node(nodes["chi_dia"])[0]
-    np.testing.assert_allclose(mrml.array_from_volume_node(nodes["chi_total"])[0], para - dia, atol=1e-5)
-    m = head.truth["mask"] > 0
-    assert para.min() >= 0 and np.corrcoef(para[m], head.truth["chi_para"][m])[0, 1] > 0.3
-    assert nodes["chi_dia"].GetDisplayNode().GetColorNode().GetName() == mrml.COLOR_NODE_NAMES["dia"]
-    # loading again (what a re-run ends with) replaces, never duplicates
-    count = scene.GetNumberOfNodes()
-    again = logic.loadResults(p)
-    assert scene.GetNumberOfNodes() == count and all(again[k].GetID() == nodes[k].GetID() for k in nodes)
-    # overlay on the GRE proxy with the colour legend of the shown map only
-    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
-    logic.showOverlay(logic.displayVolume(p.greMagnitude), nodes["chi_dia"], 0.4)
-    assert composite.GetBackgroundVolumeID() == proxy.GetID()
-    assert composite.GetForegroundVolumeID() == nodes["chi_dia"].GetID()
-    assert composite.GetForegroundOpacity() == pytest.approx(0.4)
-    assert [bool(mrml.color_legend(nodes[k]).GetVisibility()) for k in ("chi_para", "chi_dia")] == [False, True]
-    # lesion statistics of the outputs over the simulated lesion labels
-    table = logic.lesionTable(sample["lesions"])
-    labels = head.truth["lesions"]
-    present = sorted(int(v) for v in np.unique(labels) if v > 0)
-    assert mrml.table_column(table, "label") == present
-    want = [float(para[labels == L].mean()) for L in present]
-    np.testing.assert_allclose(mrml.table_column(table, "chi_para_mean"), want, rtol=1e-5)
-    assert table.GetName() == "Sample GRE magnitude lesions"
-    logic.cleanupWorkDir()
-    assert logic.workDir is None
-
-
-def types_namespace(d):
-    import types
-    return types.SimpleNamespace(**d)
-
-
-def test_module_logic_parameters_per_echo_volumes_and_b0(module, scene, tmp_path):
-    """One volume per echo, echo times typed by the user, a B0 direction override; bad input is
-    refused with a plain message."""
-    logic = module.ChiSeparationLogic()
-    aff = oblique_affine()
-    rng = np.random.default_rng(6)
-    mag = rng.random((6, 5, 4, 3)).astype(np.float32)
-    pha = rng.random((6, 5, 4, 3)).astype(np.float32)
-    mags = [mrml.volume_node_from_array(scene, mag[..., e], aff, f"GRE_e{e + 1}") for e in range(3)]
-    phas = [mrml.volume_node_from_array(scene, pha[..., e], aff, f"GRE_ph_e{e + 1}") for e in range(3)]
-    p = types_namespace(_parameter_defaults())
-    p.greMagnitude, p.grePhase = mags[1], phas[0]          # any echo of each series
-    p.echoTimes, p.b0Direction, p.fieldStrength = "0.005, 0.010 0.015", "0 0.6 0.8", 7.0
-    assert [n.GetName() for n in logic.inputEchoes(mags[1])] == ["GRE_e1", "GRE_e2", "GRE_e3"]
-    params = logic.runParameters(p, str(tmp_path))
-    from chisep.io import load_nifti
-    for key, arr in (("gre_mag", mag), ("gre_phase", pha)):
-        data, a = load_nifti(params[key])[:2]
-        assert data.shape == (6, 5, 4, 3)
-        np.testing.assert_allclose(data, arr, atol=1e-6)
-        np.testing.assert_allclose(a, aff, atol=1e-5)
-        side = json.loads((tmp_path / f"{key}.json").read_text())
-        assert side["EchoTime"] == [0.005, 0.010, 0.015] and side["MagneticFieldStrength"] == 7.0
-        np.testing.assert_allclose(side["B0Direction"], [0, 0.6, 0.8])
-    argv = module.background.build_run_args(params)
-    assert argv[argv.index("--te") + 1: argv.index("--te") + 4] == ["0.005", "0.01", "0.015"]
-    assert argv[argv.index("--b0") + 1] == "7.0" and argv[argv.index("--method") + 1] == "chisepnet-r2prime"
-    p.b0Direction = "0 1"
-    with pytest.raises(ValueError, match="B0 direction"):
-        logic.runParameters(p, str(tmp_path))
-    # the multi-echo selectors' parameter type: concrete node classes (the parameter node's GUI
-    # connector turns them into the combo box's nodeTypes) plus None (an empty selection)
-    import typing
-    args = typing.get_args(module.MultiEchoNode)
-    assert slicer.vtkMRMLSequenceNode in args and slicer.vtkMRMLScalarVolumeNode in args
-    assert type(None) in args and slicer.vtkMRMLNode not in args

@@ -82,7 +82,8 @@ def test_module_cmake_builds_resources_weights_and_tests():
     for key in ("NAME ${MODULE_NAME}", "SCRIPTS ${MODULE_PYTHON_SCRIPTS}", "RESOURCES ${MODULE_PYTHON_RESOURCES}"):
         assert key in t
     res = cmake_set(t, "MODULE_PYTHON_RESOURCES").split()
-    assert res == ["Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"]
+    assert res == ["Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui",
+                   "Resources/SampleData/${MODULE_NAME}SampleHead.npz"]
     for r in res:
         assert (MOD / r.replace("${MODULE_NAME}", "ChiSeparation")).is_file()
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in t
@@ -218,15 +219,20 @@ def test_every_widget_the_module_uses_is_in_the_ui():
     assert not missing, f"self.ui.<name> not in ChiSeparation.ui: {missing}"
 
 
-def test_parameter_bindings_name_real_parameters():
-    tree = module_ast()
-    params = None
+def parameter_annotations():
+    """Field name -> annotation source of ChiSeparationLib/parameters.py's parameter node."""
+    tree = ast.parse((MOD / "ChiSeparationLib" / "parameters.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "ChiSeparationParameterNode":
-            params = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
-    assert params and {"greMagnitude", "grePhase", "echoTimes", "seMagnitude", "r2Map", "localField",
-                       "fieldUnit", "r2starMap", "r2primeMap", "mask", "fieldStrength", "method",
-                       "weightsPath", "device", "b0Direction"} <= params
+            return {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("ChiSeparationParameterNode not found")
+
+
+def test_parameter_bindings_name_real_parameters():
+    params = set(parameter_annotations())
+    assert {"greMagnitude", "grePhase", "echoTimes", "seMagnitude", "r2Map", "localField",
+            "fieldUnit", "r2starMap", "r2primeMap", "mask", "fieldStrength", "method",
+            "weightsPath", "device", "b0Direction", "overlayOpacity", "lesionLabels"} <= params
     bound = {}
     for w in ui_tree().iter("widget"):
         for p in w.findall("property"):
@@ -234,12 +240,17 @@ def test_parameter_bindings_name_real_parameters():
                 bound[w.get("name")] = p.findtext("string")
     assert bound and set(bound.values()) <= params
     assert bound["greMagnitudeSelector"] == "greMagnitude" and bound["echoTimesLineEdit"] == "echoTimes"
+    # the module file uses the Lib's parameter node (one definition, checked by test_slicer_bindings)
+    src = (MOD / "ChiSeparation.py").read_text(encoding="utf-8")
+    assert "from ChiSeparationLib.parameters import ChiSeparationParameterNode" in src
+    assert "class ChiSeparationParameterNode" not in src
 
 
 def test_module_classes_and_metadata():
     tree = module_ast()
     classes = {n.name: [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in n.bases]
                for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert set(classes) == {"ChiSeparation", "ChiSeparationLogic", "ChiSeparationWidget", "ChiSeparationTest"}
     assert classes["ChiSeparation"] == ["ScriptedLoadableModule"]
     assert "ScriptedLoadableModuleWidget" in classes["ChiSeparationWidget"]
     assert classes["ChiSeparationLogic"] == ["ScriptedLoadableModuleLogic"]
@@ -248,34 +259,50 @@ def test_module_classes_and_metadata():
     assert 'self.parent.title = "χ-Separation"' in src
     assert 'self.parent.categories = ["Quantification"]' in src
     assert 'self.resourcePath("UI/ChiSeparation.ui")' in src
-    assert "PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation)" in src
-    # never pip-install Slicer's own builds
-    ns = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) \
-                and node.targets[0].id in ("PIP_REQUIREMENTS", "NEVER_PIP"):
-            ns[node.targets[0].id] = ast.literal_eval(node.value)
-    reqs = {r.lower() for _, r in ns["PIP_REQUIREMENTS"]}
-    assert not reqs & {"numpy", "vtk", "simpleitk", "torch"}
-    assert ns["NEVER_PIP"] == {"numpy", "vtk", "simpleitk"}
+    # torch through the PyTorch extension, pip only for allowed requirements, after asking
+    assert "PyTorchUtils.PyTorchUtilsLogic().installTorch(" in src
+    assert "slicer.util.confirmOkCancelDisplay(" in src
     for call in re.findall(r"pip_install\(([^)]*)\)", src):
-        assert call.strip() == "requirement"
-
-
-def test_module_uses_only_functions_the_lib_has():
-    """ChiSeparation.py only runs inside Slicer: check statically that every ``mrml.X`` and
-    ``background.X`` it uses exists in ChiSeparationLib (a rename there must fail here)."""
+        assert call.strip() == "req"
+    assert "dependencies.pip_requirement_is_allowed(req)" in src
     import sys
     sys.path.insert(0, str(MOD))
     try:
-        from ChiSeparationLib import background, mrml
+        from ChiSeparationLib import dependencies
     finally:
         sys.path.remove(str(MOD))
-    libs = {"mrml": mrml, "background": background}
-    used = {(n.value.id, n.attr) for n in ast.walk(module_ast()) if isinstance(n, ast.Attribute)
+    reqs = {r.split(">")[0].lower() for _, r, _ in dependencies.PIP_REQUIREMENTS}
+    assert not reqs & {"numpy", "vtk", "simpleitk", "scipy", "torch"}
+    assert dependencies.NEVER_PIP >= {"numpy", "vtk", "simpleitk"}
+    # the module file stays thin: the logic lives in ChiSeparationLib
+    assert len(src.splitlines()) < 420
+
+
+def test_module_uses_only_functions_the_lib_has():
+    """ChiSeparation.py only runs inside Slicer: check statically that every ``mrml.X``,
+    ``runner.X``, ``dependencies.X`` and ``self.logic.X`` it uses exists in ChiSeparationLib."""
+    import sys
+    sys.path.insert(0, str(MOD))
+    try:
+        from ChiSeparationLib import dependencies, logic, mrml, runner
+    finally:
+        sys.path.remove(str(MOD))
+    libs = {"mrml": mrml, "runner": runner, "dependencies": dependencies}
+    tree = module_ast()
+    used = {(n.value.id, n.attr) for n in ast.walk(tree) if isinstance(n, ast.Attribute)
             and isinstance(n.value, ast.Name) and n.value.id in libs}
-    assert len(used) >= 15
     missing = sorted(f"{m}.{a}" for m, a in used if not hasattr(libs[m], a))
+    assert not missing, missing
+    # self.logic.X: the module's logic class (its own methods) or the Lib logic's
+    own = {f.name for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ChiSeparationLogic"
+           for f in n.body if isinstance(f, ast.FunctionDef)}
+    calls = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+             and isinstance(n.value, ast.Attribute) and n.value.attr == "logic"
+             and isinstance(n.value.value, ast.Name) and n.value.value.id == "self"}
+    assert len(calls) >= 10
+    import slicer
+    instance = logic.ChiSeparationLogic(slicer.vtkMRMLScene())
+    missing = sorted(a for a in calls if a not in own and not hasattr(instance, a))
     assert not missing, missing
 
 
@@ -288,3 +315,29 @@ def test_mrml_lib_imports_no_qt():
     core = MOD / "chisep"
     for p in core.rglob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+(slicer|qt)\b", p.read_text(encoding="utf-8"), re.M), p
+
+
+def test_repository_name_and_urls_follow_the_extensions_index_rules():
+    """The index wants the repository named "Slicer..." (extension and module stay ChiSeparation),
+    and every icon/screenshot URL must point at a file of this repository."""
+    f = s4ext_fields()
+    j = json.loads((ROOT / "ChiSeparation.json").read_text())
+    t = (ROOT / "CMakeLists.txt").read_text()
+    repo = re.match(r"https://github\.com/([^/]+)/([^/.]+)\.git$", j["scm_url"])
+    assert repo and repo.group(2).startswith("Slicer") and repo.group(2) == "SlicerChiSeparation"
+    assert f["scmurl"] == j["scm_url"]
+    assert f["homepage"] == cmake_str(t, "EXTENSION_HOMEPAGE") == j["scm_url"][:-4]
+    raw = f"https://raw.githubusercontent.com/{repo.group(1)}/{repo.group(2)}/{j['scm_revision']}/"
+    urls = f["screenshoturls"].split() + [f["iconurl"]]
+    assert cmake_str(t, "EXTENSION_SCREENSHOTURLS").split() == f["screenshoturls"].split()
+    for url in urls:
+        assert url.startswith(raw), url
+        path = ROOT / url[len(raw):]
+        assert path.is_file(), f"{url} points to a missing file {path}"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    shot = Image.open(ROOT / "Resources" / "Screenshots" / "ChiSeparation-1.png")
+    assert shot.size[0] >= 600 and shot.size[1] >= 300
+    # the panel's help links the same repository and its issue tracker
+    src = (MOD / "ChiSeparation.py").read_text(encoding="utf-8")
+    assert j["scm_url"][:-4] + "/issues" in src

@@ -1,5 +1,9 @@
 """Run ``chisep run`` in a background process: command line, progress, cancel (no Qt).
 
+On Windows the process gets no console window (``CREATE_NO_WINDOW`` and a hidden window in its
+start-up info, as Slicer's ``slicer.util.launchConsoleProcess`` does) and its own process group
+(so Cancel can stop its children); elsewhere it starts a new session for the same reason.
+
 The Slicer widget calls :meth:`ChisepRunner.poll` from a ``QTimer``; poll never blocks. Output is
 written into a temporary folder beside the requested one and moved into place only when the process
 succeeds, so a cancelled or failed run leaves nothing in the output folder.
@@ -142,6 +146,27 @@ def python_executable() -> str:
     return exe
 
 
+#: Windows process creation flags (values of the Win32 API, defined here so that every platform can
+#: build and test the Windows arguments).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+STARTF_USESHOWWINDOW = 0x00000001
+SW_HIDE = 0
+
+
+def popen_kwargs(os_name: str | None = None) -> dict:
+    """``subprocess.Popen`` arguments for a background run on ``os_name`` (default: this OS)."""
+    if (os_name or os.name) == "nt":
+        kwargs = {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+        if hasattr(subprocess, "STARTUPINFO"):
+            info = subprocess.STARTUPINFO()
+            info.dwFlags |= STARTF_USESHOWWINDOW
+            info.wShowWindow = SW_HIDE
+            kwargs["startupinfo"] = info
+        return kwargs
+    return {"start_new_session": True}
+
+
 class ChisepRunner:
     """A non-blocking background process writing into ``out_dir``.
 
@@ -179,11 +204,7 @@ class ChisepRunner:
         os.makedirs(parent, exist_ok=True)
         self.tmp_dir = tempfile.mkdtemp(prefix=".chisep-run-", dir=parent)
         stage = os.path.join(self.tmp_dir, "out")
-        kwargs = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            kwargs["start_new_session"] = True
+        kwargs = popen_kwargs()
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(self.argv + ["--out", stage], stdout=subprocess.PIPE,
