@@ -49,7 +49,7 @@ OUTPUTS = {
 #: outputs every completed job has (the others depend on the inputs)
 REQUIRED_OUTPUTS = ("chi_para", "chi_dia", "chi_total", "r2prime", "mask")
 #: suffixes outside the BIDS schema that we write (listed in the derivatives' .bidsignore)
-NONSTANDARD_PATTERNS = ("*_R2primemap.*", "*_desc-lesions_stats.tsv", "logs/", "group/")
+NONSTANDARD_PATTERNS = ("*_R2primemap.*", "*_desc-lesions_stats.*", "logs/", "group/")
 
 
 @dataclass
@@ -376,3 +376,109 @@ def _attach_derivatives(job: Job, dlayouts, sub, ses, acqrun):
     job.dseg = _pick_one(seg, "segmentation (dseg)", job.name, acqrun)
     if job.dseg:
         job.dseg_labels = read_dseg_labels(job.dseg)
+
+
+# --------------------------------------------------------------------------- derivative rules
+def _split_name(name: str):
+    for ext in (".nii.gz", ".nii", ".json", ".tsv", ".png"):
+        if name.endswith(ext):
+            stem, e = name[: -len(ext)], ext
+            break
+    else:
+        stem, e = name.rsplit(".", 1)[0], "." + name.rsplit(".", 1)[-1]
+    toks = stem.split("_")
+    pairs = []
+    for t in toks[:-1]:
+        if "-" not in t:
+            return None, None, None
+        k, v = t.split("-", 1)
+        pairs.append((k, v))
+    return pairs, toks[-1], e
+
+
+def derivative_problems(out_root) -> list:
+    """Check a derivatives folder against the BIDS schema shipped with ``bidsschematools``.
+
+    Rules checked: ``dataset_description.json`` has every field the schema requires for a
+    derivative dataset (``Name``, ``BIDSVersion``; ``GeneratedBy`` when ``DatasetType`` is
+    ``derivative``) and a ``GeneratedBy[].Name``; every file under ``sub-*/`` (except those matched
+    by ``.bidsignore``) sits in ``sub-<s>[/ses-<t>]/<datatype>/`` with matching ``sub``/``ses``
+    entities, uses known entity keys in the schema's order, and matches a derivative file rule
+    (datatype, suffix, extension, allowed entities). Returns a list of problems (empty = passes).
+    """
+    import fnmatch
+
+    from bidsschematools import schema as bst
+
+    s = bst.load_schema()
+    out_root = Path(out_root)
+    probs = []
+    key_of = {n: s.objects.entities[n]["name"] for n in s.rules.entities}
+    order = [key_of[n] for n in s.rules.entities]
+    dd_path = out_root / "dataset_description.json"
+    if not dd_path.is_file():
+        return [f"{dd_path}: missing"]
+    dd = json.loads(dd_path.read_text())
+    for rule_name, rule in s.rules.json.dataset.items():
+        sel = " ".join(rule.get("selectors", []))
+        if "derivative" in sel and dd.get("DatasetType") != "derivative":
+            continue
+        for fld, lvl in rule["fields"].items():
+            level = lvl if isinstance(lvl, str) else lvl.get("level")
+            if level == "required" and fld not in dd:
+                probs.append(f"dataset_description.json: required field {fld} missing ({rule_name})")
+    gb = dd.get("GeneratedBy")
+    if dd.get("DatasetType") == "derivative" and not (isinstance(gb, list) and gb and all("Name" in g for g in gb)):
+        probs.append("dataset_description.json: GeneratedBy must be a list of objects with Name")
+    ign = []
+    if (out_root / ".bidsignore").is_file():
+        ign = [line.strip() for line in (out_root / ".bidsignore").read_text().splitlines() if line.strip()]
+    rules = []
+    for group in s.rules.files.deriv.values():
+        for r in group.values():
+            rules.append(r)
+    for f in sorted(out_root.rglob("*")):
+        if f.is_dir() or f.name.startswith("."):
+            continue
+        rel = f.relative_to(out_root).as_posix()
+        if any(fnmatch.fnmatch(f.name, p) or rel.startswith(p.rstrip("/") + "/") for p in ign):
+            continue
+        if "/" not in rel:
+            if rel not in ("dataset_description.json", "README", "README.md", "CHANGES", "LICENSE"):
+                probs.append(f"{rel}: unexpected top-level file")
+            continue
+        parts = rel.split("/")
+        pairs, suffix, ext = _split_name(f.name)
+        if pairs is None:
+            probs.append(f"{rel}: not an entity-value file name")
+            continue
+        ents = dict(pairs)
+        keys = [k for k, _ in pairs]
+        if any(k not in order for k in keys):
+            probs.append(f"{rel}: unknown entities {[k for k in keys if k not in order]}")
+            continue
+        if [order.index(k) for k in keys] != sorted(order.index(k) for k in keys):
+            probs.append(f"{rel}: entities out of the BIDS order ({keys})")
+        if parts[0] != f"sub-{ents.get('sub')}":
+            probs.append(f"{rel}: folder {parts[0]} does not match sub-{ents.get('sub')}")
+        expect_len = 4 if "ses" in ents else 3
+        if len(parts) != expect_len or ("ses" in ents and parts[1] != f"ses-{ents['ses']}"):
+            probs.append(f"{rel}: expected sub-<s>/[ses-<t>/]<datatype>/<file>")
+            continue
+        datatype = parts[-2]
+        names = {n for n, k in key_of.items() if k in ents}
+        ok = False
+        for r in rules:
+            if datatype not in r.get("datatypes", []) or suffix not in r.get("suffixes", []):
+                continue
+            if ext not in r.get("extensions", []):
+                continue
+            allowed = set(r["entities"])
+            required = {n for n, lv in r["entities"].items() if lv == "required"}
+            if names <= allowed and required <= names:
+                ok = True
+                break
+        if not ok:
+            probs.append(f"{rel}: no BIDS derivative rule for suffix {suffix!r}, extension {ext!r}, "
+                         f"entities {sorted(keys)} in {datatype}/")
+    return probs

@@ -4,7 +4,7 @@ Per subject/session: ``anat/sub-<s>[_ses-<t>]_echo-<n>_part-mag|phase_MEGRE.nii.
 per echo; sidecar ``EchoTime`` in s, ``MagneticFieldStrength`` in T, ``B0Direction``, ``PhaseSign``),
 ``..._echo-<n>_MESE.nii.gz`` when the head has a spin echo; in ``derivatives/lesionseg`` the true
 lesion labels as ``..._label-lesion_mask.nii.gz`` on a FLAIR-like grid (``flair_voxel_mm``, shifted
-by half a voxel, so that it must be resampled), and in ``derivatives/segmentation`` the tissue map as
+by 0.3 voxel, so that it must be resampled), and in ``derivatives/segmentation`` the tissue map as
 ``..._dseg.nii.gz`` with ``dseg.tsv`` (index, name). The truth maps go to ``sourcedata/truth/`` (not
 BIDS data; benchmarks and tests read them).
 """
@@ -33,14 +33,15 @@ def _deriv_description(d: Path, name: str):
         "GeneratedBy": [{"Name": "chisep simulate", "Description": "simulation ground truth"}]})
 
 
-def flair_grid(shape, affine, flair_voxel_mm=(1.0, 1.0, 2.0)):
-    """A coarser grid covering the same field of view, shifted by half a GRE voxel along each axis."""
+def flair_grid(shape, affine, flair_voxel_mm=(1.0, 1.0, 2.0), shift_vox: float = 0.3):
+    """A coarser grid covering the same field of view, its origin shifted by ``shift_vox`` GRE voxels
+    along each axis (0.3, not 0.5: an exact half-voxel shift puts every sample on a rounding tie)."""
     vs = np.asarray(flair_voxel_mm, float)
     gvs = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
     fshape = tuple(int(np.ceil(s * g / v)) for s, g, v in zip(shape, gvs, vs))
     A = np.array(affine, float)
     A[:3, :3] = A[:3, :3] / gvs * vs
-    A[:3, 3] = A[:3, 3] + A[:3, :3] @ (0.5 * gvs / vs)
+    A[:3, 3] = A[:3, 3] + A[:3, :3] @ (shift_vox * gvs / vs)
     return fshape, A
 
 
