@@ -23,16 +23,28 @@ from chisep.simulate import TISSUE_LABELS, simulate_head  # noqa: E402
 
 
 @pytest.fixture(scope="module")
+def scheduler():
+    """A Dask LocalCluster with two worker processes (the runs reach it with --scheduler, so that
+    its workers stay warm between runs; --n-workers runs start their own)."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GB",
+                           dashboard_address=":0")
+    yield cluster.scheduler_address
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort")
     bids = root / "bids"
     S.write_dataset_description(bids)
     h3 = simulate_head(seed=3, size="small")
     h4 = simulate_head(seed=4, size="small")
-    S.write_subject(h3, bids, "01")
-    S.write_subject(h4, bids, "02", ses="1")
-    S.write_subject(h4, bids, "02", ses="2")
-    bad = S.write_subject(h3, bids, "03", segmentation=False)
+    S.write_subject(h3, bids, "01", truth=False)
+    S.write_subject(h4, bids, "02", ses="1", truth=False)
+    S.write_subject(h4, bids, "02", ses="2", truth=False)
+    bad = S.write_subject(h3, bids, "03", segmentation=False, truth=False)
     S.corrupt_file(bad["phase"][2])
     return {"bids": bids, "out": root / "derivatives" / "chisep", "heads": {"01": h3, "02": h4}}
 
@@ -124,9 +136,9 @@ def test_slurm_job_script_is_built_from_the_options():
 
 
 # --------------------------------------------------------------------------- the cohort run
-def test_participant_on_two_workers_then_rerun_then_changed_option(cohort, capsys):
+def test_participant_on_two_workers_then_rerun_then_changed_option(cohort, scheduler, capsys):
     out = cohort["out"]
-    rc = _participant(cohort, "--n-workers", "2")
+    rc = _participant(cohort, "--scheduler", scheduler)
     assert rc == 1                                               # one subject failed
     log = _last_log(out)
     assert log["workers"] == 2
@@ -137,6 +149,7 @@ def test_participant_on_two_workers_then_rerun_then_changed_option(cohort, capsy
     assert "not a readable NIfTI" in res["sub-03"]["reason"]
     assert all(res[k]["status"] == "done" for k in ("sub-01", "sub-02_ses-1", "sub-02_ses-2"))
     assert len({(r["host"], r["pid"]) for r in res.values()}) == 2   # both workers did work
+    assert all(200 < r["peak_rss_mb"] < 3000 for r in res.values())
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [e["progress"] for e in events if "progress" in e] == [0.25, 0.5, 0.75, 1.0]
     assert not any(out.glob("sub-03/**/*.nii.gz"))               # nothing half-written for the bad one
@@ -177,7 +190,7 @@ def test_participant_on_two_workers_then_rerun_then_changed_option(cohort, capsy
 
     # rerun: nothing to do for the good subjects; the failed one is retried (and fails again)
     stamp = {f: f.stat().st_mtime_ns for f in out.glob("sub-0[12]/**/*") if f.is_file()}
-    rc = _participant(cohort, "--n-workers", "2")
+    rc = _participant(cohort, "--scheduler", scheduler)
     log = _last_log(out)
     assert rc == 1 and sorted(log["skipped"]) == ["sub-01", "sub-02_ses-1", "sub-02_ses-2"]
     assert [r["job"] for r in log["results"]] == ["sub-03"]
@@ -186,13 +199,13 @@ def test_participant_on_two_workers_then_rerun_then_changed_option(cohort, capsy
     assert rc == 0 and log["results"] == [] and log["workers"] is None       # no cluster was started
     assert stamp == {f: f.stat().st_mtime_ns for f in stamp}
 
-    # a changed option reruns (only the selected subject), a different hash is recorded
+    # a changed option reruns (only the selected subject; on a LocalCluster of its own), a new hash is recorded
     old = json.loads(L.sidecar_of(L.output_paths(out, {"sub": "01"})["chi_para"]).read_text())["ChisepRunHash"]
-    rc = _participant(cohort, "--participant-label", "01", "--bg-method", "pdf", "--n-workers", "1")
+    rc = _participant(cohort, "--participant-label", "01", "--unwrap", "laplacian", "--n-workers", "1")
     log = _last_log(out)
     assert rc == 0 and [r["job"] for r in log["results"]] == ["sub-01"]
     sc = json.loads(L.sidecar_of(L.output_paths(out, {"sub": "01"})["chi_para"]).read_text())
-    assert sc["MethodOptions"]["bg_method"] == "pdf" and sc["ChisepRunHash"] != old
+    assert sc["MethodOptions"]["unwrap"] == "laplacian" and sc["ChisepRunHash"] != old
     f2 = L.output_paths(out, {"sub": "02", "ses": "1"})["chi_para"]
     assert f2.stat().st_mtime_ns == stamp[f2]
 

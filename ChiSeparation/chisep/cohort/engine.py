@@ -45,7 +45,7 @@ def slurm_cluster(opts: SlurmOptions):
     kw = dict(queue=opts.queue, account=opts.account, walltime=opts.walltime, memory=opts.memory,
               cores=opts.cores, processes=opts.processes, job_extra_directives=list(opts.job_extra),
               job_script_prologue=list(opts.prologue), python=sys.executable,
-              scheduler_options={"dashboard_address": None})
+              scheduler_options={"dashboard_address": ":0"})
     if opts.local_directory:
         kw["local_directory"] = opts.local_directory
     if opts.log_directory:
@@ -75,7 +75,7 @@ def make_client(n_workers: int = 1, threads_per_worker: int = 1, memory_limit: s
         return Client(cluster), cluster
     env = {k: str(threads_per_worker) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=int(threads_per_worker),
-                           memory_limit=memory_limit, processes=True, dashboard_address=None,
+                           memory_limit=memory_limit, processes=True, dashboard_address=":0",
                            env=env)
     return Client(cluster), cluster
 

@@ -46,8 +46,9 @@ def flair_grid(shape, affine, flair_voxel_mm=(1.0, 1.0, 2.0), shift_vox: float =
 
 
 def write_subject(head, bids_dir, sub: str, ses: Optional[str] = None, lesions: bool = True,
-                  segmentation: bool = True, flair_voxel_mm=(1.0, 1.0, 2.0)) -> dict:
-    """Write one simulated head as subject ``sub`` (session ``ses``); returns the paths written."""
+                  segmentation: bool = True, flair_voxel_mm=(1.0, 1.0, 2.0), truth: bool = True) -> dict:
+    """Write one simulated head as subject ``sub`` (session ``ses``); returns the paths written
+    (``truth=False``: no sourcedata/truth copy, for tests that hold the head in memory)."""
     bids_dir = Path(bids_dir)
     ents = {"sub": sub, "ses": ses}
     anat = bids_dir / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
@@ -87,6 +88,8 @@ def write_subject(head, bids_dir, sub: str, ses: Optional[str] = None, lesions: 
         p = sd / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat" / derivative_name(ents, "dseg")
         save_nifti(p, head.truth["tissue"], head.affine, dtype=np.int16)
         out["dseg"] = p
+    if not truth:
+        return out
     tdir = bids_dir / "sourcedata" / "truth" / ("_".join(f"{k}-{v}" for k, v in ents.items() if v))
     for k in ("chi_para", "chi_dia", "chi_total", "r2prime", "mask", "mask_csf", "mask_vessels",
               "tissue", "lesions", "local_field", "r2star"):

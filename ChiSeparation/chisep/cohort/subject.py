@@ -152,8 +152,21 @@ def process_job(job, out_root, options: dict, run_hash: str, version: str) -> di
         where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
         res["reason"] = f"{type(exc).__name__}: {exc}{where}"
     res["seconds"] = round(time.perf_counter() - t0, 2)
-    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    res["peak_rss_mb"] = peak_rss_mb()
     return res
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB: ``VmHWM`` from /proc/self/status (Linux), else
+    ``ru_maxrss`` (which a forked worker may inherit from its parent)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
 def _run(job: Job, out_root: Path, options: dict, run_hash: str, version: str) -> dict:
