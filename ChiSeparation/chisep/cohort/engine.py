@@ -82,18 +82,22 @@ def make_client(n_workers: int = 1, threads_per_worker: int = 1, memory_limit: s
 
 def run_jobs(client, jobs: list, out_root, options: dict, hashes: dict, version: str,
              report: Optional[Callable[[int, int, dict], None]] = None) -> list:
-    """Submit one task per job and collect the results in completion order.
+    """Submit one task per job (all at once) and collect the results in completion order.
 
-    ``hashes``: job name -> run hash. ``report(k, n, result)`` is called after each completion.
-    Returns the result dicts (see :func:`chisep.cohort.subject.process_job`).
+    ``options``: the options of every job, or a dict job name -> options (jobs may differ, e.g. in
+    method when only some have a spin echo). ``hashes``: job name -> run hash. ``report(k, n,
+    result)`` is called after each completion. Returns the result dicts (see
+    :func:`chisep.cohort.subject.process_job`).
     """
     from distributed import as_completed
 
     from .subject import process_job
 
+    per_job = all(j.name in options for j in jobs) and bool(jobs)
     futures = {}
     for job in jobs:
-        f = client.submit(process_job, job.to_dict(), str(out_root), dict(options), hashes[job.name],
+        opts = dict(options[job.name] if per_job else options)
+        f = client.submit(process_job, job.to_dict(), str(out_root), opts, hashes[job.name],
                           version, key=f"chisep-{job.name}-{hashes[job.name][:8]}-{time.time_ns()}",
                           pure=False, retries=0)
         futures[f] = job

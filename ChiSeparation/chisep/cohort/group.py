@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import InputError, load_nifti
-from .layout import OUTPUTS, find_jobs, output_paths
+from .layout import find_jobs, output_paths
 from .subject import roi_key
 
 MAPS = (("chi_para", "ppm"), ("chi_dia", "ppm"), ("chi_total", "ppm"), ("r2prime", "Hz"))

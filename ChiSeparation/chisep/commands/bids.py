@@ -191,12 +191,7 @@ def run_participant(args) -> int:
             rep.emit({"submitted": len(pending), "workers": n_workers},
                      f"running {len(pending)} of {len(jobs)} subject/sessions on {n_workers} Dask worker(s)"
                      + (f" ({len(skipped)} skipped)" if skipped else ""))
-            # options differ per job only by method (MESE or not): submit in two batches at most
-            by_opts = {}
-            for j in pending:
-                by_opts.setdefault(json.dumps(opts_by_job[j.name], sort_keys=True), []).append(j)
-            for key, js in by_opts.items():
-                results += run_jobs(client, js, out, json.loads(key), hashes, __version__, report=rep)
+            results = run_jobs(client, pending, out, opts_by_job, hashes, __version__, report=rep)
         finally:
             client.close()
             if cluster is not None:
