@@ -133,6 +133,7 @@ def test_slurm_job_script_is_built_from_the_options():
     worker = next(s for s in lines if "distributed.cli.dask_worker" in s)
     assert worker.startswith(sys.executable) and "tcp://" in worker
     assert "--nthreads 4" in worker and "--memory-limit 14.90GiB" in worker
+    assert "--resources subject=1" in worker                    # one subject at a time per worker job
 
 
 # --------------------------------------------------------------------------- the cohort run
@@ -174,6 +175,10 @@ def test_participant_on_two_workers_then_rerun_then_changed_option(cohort, sched
         sc = json.loads(L.sidecar_of(p["chi_para"]).read_text())
         assert sc["Units"] == "ppm" and sc["Method"] == "chisepnet-r2prime"
         assert len(sc["WeightsSHA256"]["chisepnet"]) == 64 and len(sc["ChisepRunHash"]) == 64
+        anat = f"sub-{sub}/" + (f"ses-{ses}/" if ses else "") + "anat/"
+        assert sc["Sources"][0] == f"bids:raw:{anat}" + L.derivative_name(
+            {"sub": sub, "ses": ses, "echo": "1", "part": "mag"}, "MEGRE")
+        assert all((cohort["bids"] / u.split(":", 2)[2]).is_file() for u in sc["Sources"])
         assert json.loads(L.sidecar_of(p["r2prime"]).read_text())["Units"] == "Hz"
         rows = open(p["lesion_table"]).read().splitlines()
         n_true = len(np.unique(t["lesions"][t["lesions"] > 0]))

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 
+#: worker resource that limits each worker to one subject at a time (clusters we start)
+RESOURCE = "subject"
+
+
 @dataclass
 class SlurmOptions:
     """dask-jobqueue SLURMCluster settings; one SLURM job runs ``processes`` Dask workers.
@@ -45,6 +49,8 @@ def slurm_cluster(opts: SlurmOptions):
     kw = dict(queue=opts.queue, account=opts.account, walltime=opts.walltime, memory=opts.memory,
               cores=opts.cores, processes=opts.processes, job_extra_directives=list(opts.job_extra),
               job_script_prologue=list(opts.prologue), python=sys.executable,
+              # one subject at a time per worker; its torch/numpy use the job's cores
+              worker_extra_args=["--resources", f"{RESOURCE}=1"],
               scheduler_options={"dashboard_address": ":0"})
     if opts.local_directory:
         kw["local_directory"] = opts.local_directory
@@ -76,17 +82,19 @@ def make_client(n_workers: int = 1, threads_per_worker: int = 1, memory_limit: s
     env = {k: str(threads_per_worker) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=int(threads_per_worker),
                            memory_limit=memory_limit, processes=True, dashboard_address=":0",
-                           env=env)
+                           env=env, resources={RESOURCE: 1})
     return Client(cluster), cluster
 
 
 def run_jobs(client, jobs: list, out_root, options: dict, hashes: dict, version: str,
-             report: Optional[Callable[[int, int, dict], None]] = None) -> list:
+             report: Optional[Callable[[int, int, dict], None]] = None, one_per_worker: bool = True) -> list:
     """Submit one task per job (all at once) and collect the results in completion order.
 
     ``options``: the options of every job, or a dict job name -> options (jobs may differ, e.g. in
     method when only some have a spin echo). ``hashes``: job name -> run hash. ``report(k, n,
-    result)`` is called after each completion. Returns the result dicts (see
+    result)`` is called after each completion. ``one_per_worker``: ask for the worker resource
+    :data:`RESOURCE` (set on the clusters :func:`make_client` starts; not on a scheduler someone else
+    runs, whose workers would never offer it) so that a worker runs one subject at a time. Returns the result dicts (see
     :func:`chisep.cohort.subject.process_job`).
     """
     from distributed import as_completed
@@ -99,7 +107,7 @@ def run_jobs(client, jobs: list, out_root, options: dict, hashes: dict, version:
         opts = dict(options[job.name] if per_job else options)
         f = client.submit(process_job, job.to_dict(), str(out_root), opts, hashes[job.name],
                           version, key=f"chisep-{job.name}-{hashes[job.name][:8]}-{time.time_ns()}",
-                          pure=False, retries=0)
+                          pure=False, retries=0, resources={RESOURCE: 1} if one_per_worker else None)
         futures[f] = job
     results = []
     n = len(futures)

@@ -64,6 +64,15 @@ class Job:
     lesion_mask: Optional[str] = None
     dseg: Optional[str] = None
     dseg_labels: dict = field(default_factory=dict)   # index -> name
+    root: str = ""                      # the raw BIDS dataset (for BIDS URIs in sidecars)
+
+    def bids_uri(self, path) -> str:
+        """``bids:raw:<path relative to the raw dataset>`` (the key of DatasetLinks), or the path
+        itself when it lies outside the dataset."""
+        try:
+            return "bids:raw:" + Path(path).resolve().relative_to(Path(self.root).resolve()).as_posix()
+        except ValueError:
+            return str(path)
 
     @property
     def name(self) -> str:
@@ -141,7 +150,7 @@ def dataset_description(bids_dir, version: str, options: Optional[dict] = None) 
             "Version": version,
             "Description": "chi-separation of multi-echo GRE (+ multi-echo SE) into chi_para and "
                            "|chi_dia| (ppm) with chi-sepnet or a regularized method",
-            "CodeURL": "https://github.com/",
+            "CodeURL": "https://github.com/chiseparation/ChiSeparation",
         }],
         "SourceDatasets": [{"URL": Path(bids_dir).resolve().as_uri()}],
         "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()},
@@ -340,7 +349,7 @@ def find_jobs(bids_dir, participant_label=None, session_label=None, derivatives=
             se = [f for f in se if f.entities.get("part") in (None, "mag")]
             job = Job(subject=sub, session=ses, entities={k: v for k, v in ents.items() if v},
                       gre_mag=[f.path for f in mfiles], gre_phase=[f.path for f in phases],
-                      se_mag=[f.path for f in se])
+                      se_mag=[f.path for f in se], root=str(bids_dir))
             _attach_derivatives(job, dlayouts, sub, ses, {"acquisition": acq, "run": run})
             jobs.append(job)
     if sess_want is not None:

@@ -203,7 +203,7 @@ def _run(job: Job, out_root: Path, options: dict, run_hash: str, version: str) -
     winfo = rep.get("weights") or {}
     weights_sha = {k: v.get("sha256") for k, v in winfo.items() if isinstance(v, dict)} \
         if isinstance(winfo, dict) else {}
-    sources = [f"bids:raw:{Path(p).name}" for p in job.gre_mag + job.gre_phase + job.se_mag]
+    sources = [job.bids_uri(p) for p in job.gre_mag + job.gre_phase + job.se_mag]
     common = {"ChisepRunHash": run_hash, "ChisepVersion": version, "Method": method,
               "MethodOptions": {k: v for k, v in options.items() if k not in ("threads",)},
               "WeightsSHA256": weights_sha, "B0FieldStrength_T": float(acq["b0_t"]),
@@ -224,7 +224,7 @@ def _run(job: Job, out_root: Path, options: dict, run_hash: str, version: str) -
             if key == "mask":
                 sc["Type"] = "Brain"
             if key == "lesions":
-                sc["Sources"] = [f"bids::{Path(job.lesion_mask).name}"]
+                sc["Sources"] = [job.bids_uri(job.lesion_mask)]
                 sc["Resampling"] = lesion_note
             save_nifti(stage / name, out[key], affine, dtype=dtype, sidecar=sc)
             written.append(str(paths[key]))

@@ -78,7 +78,7 @@ def _options(args, has_se: bool) -> dict:
     method = args.method or ("chisepnet-r2prime" if has_se else "chisepnet-r2star")
     return {"method": method, "bg_method": args.bg_method, "unwrap": args.unwrap,
             "phase_sign": args.phase_sign, "weights": str(Path(args.weights).resolve()) if args.weights else None,
-            "device": "cpu", "threads": args.threads_per_worker}
+            "device": "cpu", "threads": args.slurm_cores if args.slurm else args.threads_per_worker}
 
 
 def weights_fingerprint(method: str, weights=None) -> dict:
@@ -191,7 +191,8 @@ def run_participant(args) -> int:
             rep.emit({"submitted": len(pending), "workers": n_workers},
                      f"running {len(pending)} of {len(jobs)} subject/sessions on {n_workers} Dask worker(s)"
                      + (f" ({len(skipped)} skipped)" if skipped else ""))
-            results = run_jobs(client, pending, out, opts_by_job, hashes, __version__, report=rep)
+            results = run_jobs(client, pending, out, opts_by_job, hashes, __version__, report=rep,
+                               one_per_worker=not args.scheduler)
         finally:
             client.close()
             if cluster is not None:
