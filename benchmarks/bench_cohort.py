@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ChiSeparation"))
 
 from chisep import cli  # noqa: E402
@@ -55,13 +57,15 @@ def main():
                 done = [r for r in res if r["status"] == "done"]
                 runs.append({"workers": nw, "rc": rc, "wall_s": log["wall_s"], "command_s": total,
                              "n_done": len(done), "task_s": sum(r["seconds"] for r in done) / max(len(done), 1),
+                             "cpu_s": sum(r["cpu_s"] for r in done) / max(len(done), 1),
                              "peak_rss_mb": max(r["peak_rss_mb"] for r in res),
                              "per_worker_rss": sorted({(r["pid"], r["peak_rss_mb"]) for r in res})})
                 r = runs[-1]
                 print(f"{nw} worker(s), repeat {rep}: {r['n_done']}/{args.subjects} done, wall {r['wall_s']:.1f} s "
                       f"-> {3600 * r['n_done'] / r['wall_s']:.0f} subjects/h; task {r['task_s']:.1f} s; "
                       f"peak worker RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True).stdout.strip()
+    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True,
+                         text=True).stdout.split(":", 1)[-1].strip()
     load = os.getloadavg()
     lines = [f"# python benchmarks/bench_cohort.py --subjects {args.subjects} --repeats {args.repeats} "
              f"--workers {' '.join(map(str, args.workers))} --memory-limit {args.memory_limit}",
@@ -69,10 +73,13 @@ def main():
              f"(load average at the end {load[0]:.1f}); chisep bids participant, chisepnet-r2prime, 64^3 heads, "
              f"1 thread per worker",
              "# wall = first submission to last result, Dask LocalCluster start-up and worker torch import included",
-             "", f"{'workers':>8}{'repeat':>8}{'done':>6}{'wall s':>9}{'subj/h':>9}{'task s':>9}{'peak RSS/worker MB':>20}"]
+             "# task s = wall time of one subject's task on its worker; cpu s = CPU time of that task (all threads)",
+             "", f"{'workers':>8}{'repeat':>8}{'done':>6}{'wall s':>9}{'subj/h':>9}{'task s':>9}{'cpu s':>8}"
+             f"{'peak RSS/worker MB':>20}"]
     for i, r in enumerate(runs):
         lines.append(f"{r['workers']:>8}{i // len(args.workers):>8}{r['n_done']:>6}{r['wall_s']:>9.1f}"
-                     f"{3600 * r['n_done'] / r['wall_s']:>9.0f}{r['task_s']:>9.1f}{r['peak_rss_mb']:>20.0f}")
+                     f"{3600 * r['n_done'] / r['wall_s']:>9.0f}{r['task_s']:>9.1f}{r['cpu_s']:>8.1f}"
+                     f"{r['peak_rss_mb']:>20.0f}")
     lines.append("")
     for nw in args.workers:
         rs = [r for r in runs if r["workers"] == nw]
@@ -80,6 +87,9 @@ def main():
         lines.append(f"{nw} worker(s): best {3600 * rs[0]['n_done'] / best:.0f} subjects/h "
                      f"(median wall {sorted(r['wall_s'] for r in rs)[len(rs) // 2]:.1f} s for {args.subjects} subjects), "
                      f"peak memory per worker {max(r['peak_rss_mb'] for r in rs):.0f} MB")
+    cpu_s = float(np.median([r["cpu_s"] for r in runs]))
+    lines.append(f"CPU time per subject (median) {cpu_s:.1f} s -> on free cores at most {3600 / cpu_s:.0f} subjects/h "
+                 f"per worker (an upper bound from CPU time, not a measurement of wall time)")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)

@@ -58,6 +58,11 @@ def template_split(in_dir, out_dir, dr=137.0):
     save_nifti(Path(out_dir) / "chi-dia.nii.gz", np.clip((s - chi) / 2, 0, None) * m, aff)
 
 
+def _version(pkg):
+    from importlib.metadata import version
+    return version(pkg)
+
+
 def main():
     from qsm_ci import qsm_eval
 
@@ -113,10 +118,11 @@ def main():
     def mean(vals):
         v = [x for x in vals if x == x]
         return float(np.mean(v)) if v else float("nan")
-    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True).stdout.strip()
+    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True,
+                         text=True).stdout.split(":", 1)[-1].strip()
     lines = [f"# python benchmarks/bench_qsmci.py --seeds {' '.join(map(str, args.seeds))} --size {args.size}",
              f"# {time.strftime('%Y-%m-%d')}, {cpu or platform.processor()}, 2 shared cores (other jobs running: "
-             f"times are indicative only); qsm-ci {qsm_eval.__name__} from the installed qsm-ci package",
+             f"times are indicative only); scorer qsm_ci.qsm_eval from qsm-ci {_version('qsm-ci')}",
              f"# held-out simulated heads (seeds {args.seeds}, {args.size}); means over heads.",
              "# ours = chisep.metrics.nrmse on brain minus CSF and vessels (%); qsmci_* = qsm_eval.score_arrays "
              "over the whole mask (nrmse %, correlation, xsim; para: nrmse_dgm, dgm_linearity, mspe; dia: iron_leak ppm)",

@@ -131,12 +131,12 @@ def process_job(job, out_root, options: dict, run_hash: str, version: str) -> di
 
     Returns
     -------
-    dict: ``job``, ``status`` (done|failed), ``reason``, ``seconds``, ``peak_rss_mb`` (the worker
-    process's peak resident memory), ``outputs`` (paths), ``n_lesions``.
+    dict: ``job``, ``status`` (done|failed), ``reason``, ``seconds`` (wall), ``cpu_s`` (CPU time),
+    ``peak_rss_mb`` (the worker process's peak resident memory), ``outputs`` (paths), ``n_lesions``.
     """
     if isinstance(job, dict):
         job = Job(**job)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = {"job": job.name, "subject": job.subject, "session": job.session, "status": "failed",
            "reason": None, "outputs": [], "host": os.uname().nodename, "pid": os.getpid()}
     try:
@@ -152,6 +152,7 @@ def process_job(job, out_root, options: dict, run_hash: str, version: str) -> di
         where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
         res["reason"] = f"{type(exc).__name__}: {exc}{where}"
     res["seconds"] = round(time.perf_counter() - t0, 2)
+    res["cpu_s"] = round(time.process_time() - c0, 2)        # CPU time of the worker process (all threads)
     res["peak_rss_mb"] = peak_rss_mb()
     return res
 
