@@ -85,7 +85,7 @@ def main():
         rs = [r for r in runs if r["workers"] == nw]
         best = min(r["wall_s"] for r in rs)
         lines.append(f"{nw} worker(s): best {3600 * rs[0]['n_done'] / best:.0f} subjects/h "
-                     f"(median wall {sorted(r['wall_s'] for r in rs)[len(rs) // 2]:.1f} s for {args.subjects} subjects), "
+                     f"(median wall {float(np.median([r['wall_s'] for r in rs])):.1f} s for {args.subjects} subjects), "
                      f"peak memory per worker {max(r['peak_rss_mb'] for r in rs):.0f} MB")
     cpu_s = float(np.median([r["cpu_s"] for r in runs]))
     lines.append(f"CPU time per subject (median) {cpu_s:.1f} s -> on free cores at most {3600 / cpu_s:.0f} subjects/h "
