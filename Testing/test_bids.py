@@ -85,6 +85,32 @@ def test_resample_nearest_keeps_labels_and_maps_a_shifted_grid():
     assert np.array_equal(out[1:4, 3:6, 4:8], lab[2:5, 3:6, 4:8]) and out.sum() == lab.sum()
 
 
+def test_roi_names_and_brain_mask_fallback():
+    from chisep.cohort.group import roi_means
+    from chisep.cohort.subject import roi_key
+
+    assert [roi_key(n) for n in ("Left-Putamen", "Right-Pallidum", "Left-Thalamus-Proper", "thalamus",
+                                  "Left-Cerebral-White-Matter", "white_matter", "Left-Hippocampus",
+                                  "substantia_nigra")] == [
+        "putamen", "globus_pallidus", "thalamus", "thalamus", "white_matter", "white_matter", None,
+        "substantia_nigra"]
+    mask = np.zeros((6, 6, 6), np.uint8)
+    mask[1:5, 1:5, 1:5] = 1
+    seg = np.zeros_like(mask, dtype=np.int32)
+    seg[1:3] = 11                                                # Left-Putamen
+    seg[3:5] = 12                                                # Right-Putamen
+    para = np.where(seg == 11, 0.08, 0.02).astype(np.float32)
+    maps = {"chi_para": para, "chi_dia": np.full_like(para, 0.01)}
+    les = np.zeros_like(mask)
+    les[4, 4, 4] = 1                                             # lesion voxels leave the ROIs
+    m, src = roi_means(maps, mask, seg, {11: "Left-Putamen", 12: "Right-Putamen"}, les)
+    assert src == "segmentation" and m["_n"]["putamen"] == 63
+    assert m["putamen"]["chi_para"] == pytest.approx((32 * 0.08 + 31 * 0.02) / 63)
+    m, src = roi_means(maps, mask)
+    assert src == "brain-mask" and set(m) == {"_n", "brain"}
+    assert m["brain"]["chi_para"] == pytest.approx(0.05) and m["_n"]["brain"] == 64
+
+
 def test_find_jobs_collects_echoes_se_lesions_and_segmentation(cohort):
     jobs = L.find_jobs(cohort["bids"])
     assert [j.name for j in jobs] == ["sub-01", "sub-02_ses-1", "sub-02_ses-2", "sub-03"]

@@ -37,6 +37,8 @@ def roi_key(name: str):
             n = n[: -len(suffix)]
     if n in ("pallidum", "globus_pallidus"):
         return "globus_pallidus"
+    if n in ("thalamus_proper", "thalamus"):             # FreeSurfer < 7 names it Thalamus-Proper
+        return "thalamus"
     if n in DEEP_GREY:
         return n
     if n in WHITE_MATTER:
