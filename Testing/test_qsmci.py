@@ -86,3 +86,31 @@ def test_bad_stage_directory_is_a_user_error(stage, tmp_path, capsys):
     (bad / "params.json").write_text(json.dumps({"TE": [0.005], "B0": 3, "voxel_size": [1, 1, 1]}))
     assert cli.main(["qsmci", str(bad), str(tmp_path / "o")]) == 2
     assert "B0_dir" in capsys.readouterr().err
+
+
+def test_qsm_cis_own_runner_runs_and_scores_chisep(stage, tmp_path, capsys):
+    """QSM-CI's runner (qsm-ci run, local runner) places the inputs, runs our run.sh, checks the
+    outputs and scores them with its scorer."""
+    from qsm_ci import runner
+
+    from chisep.io import save_nifti
+
+    algo = tmp_path / "chisep-chisepnet"
+    assert cli.main(["qsmci", "--write-algorithm", str(algo), "--stage", "chi-separation"]) == 0
+    h, t = stage["head"], stage["head"].truth
+    src = stage["dirs"]["chi-separation"]
+    truth = tmp_path / "truth"
+    save_nifti(truth / "chi-para.nii.gz", t["chi_para"], h.affine)
+    save_nifti(truth / "chi-dia.nii.gz", t["chi_dia"], h.affine)
+    logs = []
+    rc = runner.run_command([str(algo), "--runner", "local",
+                             *[x for a in ("localfield", "r2prime", "chimap", "magnitude", "mask")
+                               for x in (f"--{a}", str(src / qsmci.ARTIFACT_FILE[a]))],
+                             "--params", str(src / "params.json"), "-o", str(tmp_path / "out"),
+                             "--truth", str(truth)], log=logs.append)
+    assert rc == 0, logs
+    para = load_nifti(tmp_path / "out" / "chi-para.nii.gz", ndim=3)[0]
+    assert metrics.nrmse(para, t["chi_para"], stage["em"]) < 30
+    text = "\n".join(map(str, logs))
+    scores = [float(line.split()[-1]) for line in text.splitlines() if line.strip().startswith("correlation")]
+    assert len(scores) == 2 and min(scores) > 0.85               # its scorer ran on chi-para and chi-dia

@@ -204,3 +204,37 @@ def write_stage_dirs(head, root, r2prime=None) -> dict:
             save_nifti(d / ARTIFACT_FILE["r2prime"], t["r2prime"] if r2prime is None else r2prime, head.affine)
         dirs[stage] = d
     return dirs
+
+
+def write_algorithm(dest, stage: str = "chi-separation", python: Optional[str] = None,
+                    method: Optional[str] = None) -> Path:
+    """Write a QSM-CI method folder (``algorithm.yml`` + ``run.sh``) that runs this chisep as
+    ``stage`` with QSM-CI's local runner: ``qsm-ci run DEST --runner local --localfield ...``.
+
+    ``python``: the interpreter that has chisep installed (default: this one). ``method``: the
+    chi-separation method (default chisepnet-r2prime; ``--set method=...`` overrides per run).
+    """
+    import sys
+
+    if stage not in STAGES:
+        raise InputError(f"unknown QSM-CI stage {stage!r}; chisep provides {', '.join(STAGES)}")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    py = python or sys.executable
+    name = "chisep chi-sepnet" if stage == "chi-separation" else "chisep R2' from R2*"
+    params = ("method (chisepnet-r2prime|chisepnet-r2star|regularized), qsm_channel (chimap|closed-form), Dr"
+              if stage == "chi-separation" else "method (network|r2star-minus-r2), R2 (Hz)")
+    # JSON strings are valid YAML scalars (the description holds ':' and '|')
+    yml = (f"name: {json.dumps(name)}\n"
+           f"stage: {stage}\n"
+           f"description: {json.dumps(f'chisep (ChiSeparation) as the QSM-CI {stage} stage; --set parameters: {params}')}\n"
+           f"inputs: [{', '.join(STAGES[stage]['consumes'])}]\n")
+    extra = f" --method {method}" if method else ""
+    sh = ("#!/usr/bin/env bash\n"
+          f"# chisep as a QSM-CI {stage} method: reads the stage's input dir ($1), writes its output dir ($2)\n"
+          "set -euo pipefail\n"
+          f'exec "${{CHISEP_PYTHON:-{py}}}" -m chisep qsmci "${{1:-/input}}" "${{2:-/output}}" --stage {stage}{extra}\n')
+    (dest / "algorithm.yml").write_text(yml)
+    (dest / "run.sh").write_text(sh)
+    (dest / "run.sh").chmod(0o755)
+    return dest
