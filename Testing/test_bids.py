@@ -289,3 +289,15 @@ def test_usage_errors_exit_2(cohort, tmp_path, capsys):
     assert cli.main(["bids", str(tmp_path), str(tmp_path / "o"), "participant"]) == 2
     assert "not a BIDS dataset" in capsys.readouterr().err
     assert cli.main(["bids", str(cohort["bids"]), str(tmp_path / "o"), "participant", "--participant-label", "99"]) == 2
+
+
+def test_a_worker_killed_for_memory_is_a_failed_subject(cohort, tmp_path):
+    """Dask's nanny restarts a worker that exceeds --memory-limit; the subject is reported failed
+    (not retried on every worker) and the run's exit status says so."""
+    out = tmp_path / "out"
+    rc = cli.main(["bids", str(cohort["bids"]), str(out), "participant", "--participant-label", "01",
+                   "--n-workers", "1", "--memory-limit", "350MB", "--progress", "none"])
+    assert rc == 1
+    (res,) = _last_log(out)["results"]
+    assert res["status"] == "failed" and "KilledWorker" in res["reason"] and "--memory-limit" in res["reason"]
+    assert not any(out.glob("sub-01/**/*.nii.gz"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -173,8 +174,9 @@ def run_participant(args) -> int:
     skipped = [j for j in jobs if j not in pending]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dataset_description.json", dataset_description(bids_dir, __version__))
-    ign = out / ".bidsignore"
-    ign.write_text("\n".join(NONSTANDARD_PATTERNS) + "\n")
+    tmp = out / ".bidsignore.tmp"
+    tmp.write_text("\n".join(NONSTANDARD_PATTERNS) + "\n")
+    os.replace(tmp, out / ".bidsignore")
     rep = _Reporter(args.progress, len(jobs), len(skipped))
     for j in skipped:
         rep.emit({"job": j.name, "status": "skipped"},
