@@ -15,7 +15,7 @@ from . import __version__
 from .io import InputError
 
 #: subcommand name -> module under chisep.commands (kept in the order --help lists them)
-COMMANDS = ["simulate", "preprocess", "run", "lesions", "train", "demo"]
+COMMANDS = ["simulate", "preprocess", "run", "lesions", "train", "demo", "bids", "qsmci"]
 
 EPILOG = """units: susceptibility in ppm (|chi_dia| stored as a positive magnitude,
 chi_total = chi_para - |chi_dia|); relaxation rates R2*, R2, R2' in Hz (1/s);
