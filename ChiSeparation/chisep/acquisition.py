@@ -232,7 +232,8 @@ def decide_phase_unit(phase, where="phase", unit="auto", sidecar=None, header_ra
                       manufacturer: str = ""):
     """Decide the phase unit from the values and the sidecar/header.
 
-    Returns ``(name, radians_per_unit, reason)``; raises :class:`InputError` when the unit cannot be
+    Returns ``(name, radians_per_unit, offset_rad, reason)``: radians = value * radians_per_unit +
+    offset_rad, wrapped (scanner integers: the lowest representable value maps to -pi); raises :class:`InputError` when the unit cannot be
     told (the message lists the choices) or when an explicit ``unit`` contradicts the values.
     """
     x = np.asarray(phase)
@@ -270,15 +271,15 @@ def decide_phase_unit(phase, where="phase", unit="auto", sidecar=None, header_ra
         if unit == "rad":
             if amax > _TWO_PI * (1 + 1e-3):
                 raise InputError(f"{where}: {src} but the {rng} exceed 2 pi; these are not radians: {how}")
-            return "rad", 1.0, src
+            return "rad", 1.0, 0.0, src
         if unit == "deg":
             if amax > 360 * (1 + 1e-3):
                 raise InputError(f"{where}: {src} but the {rng} exceed 360; these are not degrees: {how}")
-            return "deg", math.pi / 180, src
+            return "deg", math.pi / 180, 0.0, src
         if unit == "mrad":
             if amax > 2000 * math.pi * (1 + 1e-3):
                 raise InputError(f"{where}: {src} but the {rng} exceed 2000 pi; not milliradians: {how}")
-            return "mrad", 1e-3, src
+            return "mrad", 1e-3, 0.0, src
         if m:
             if not is_int:
                 raise InputError(f"{where}: {src} but the values are not integers ({rng}); {how}")
@@ -288,7 +289,8 @@ def decide_phase_unit(phase, where="phase", unit="auto", sidecar=None, header_ra
                     raise InputError(f"{where}: {src} but the {rng} do not fit {n}-bit integers; {how}")
             else:
                 n = max(1, int(math.ceil(math.log2(span + 1))))
-            return f"int{n}", _TWO_PI / 2 ** n, f"{src}: {n}-bit scanner integers, 2**{n} values = 2 pi"
+            return (f"int{n}", _TWO_PI / 2 ** n, -math.pi if lo >= 0 else 0.0,
+                    f"{src}: {n}-bit scanner integers ({'unsigned' if lo >= 0 else 'signed'}), 2**{n} values = 2 pi")
         raise InputError(f"{where}: phase unit {unit!r} is not one of rad, deg, mrad, int, int<N>; {how}")
 
     # --- automatic, from the values (and the header's representable range)
@@ -297,22 +299,22 @@ def decide_phase_unit(phase, where="phase", unit="auto", sidecar=None, header_ra
             raise InputError(f"{where}: cannot tell the phase unit: integer {rng} could be radians or "
                              f"low-bit scanner integers; {how}")
         inside = "[-pi, pi]" if amax <= math.pi * (1 + 1e-4) else "[0, 2 pi]"
-        return "rad", 1.0, f"radians: every value lies in {inside}"
+        return "rad", 1.0, 0.0, f"radians: every value lies in {inside}"
     if manufacturer.upper().startswith("GE") and amax <= 1000 * math.pi * (1 + 1e-4):
-        return "mrad", 1e-3, "GE milliradians: values within +-1000 pi"
+        return "mrad", 1e-3, 0.0, "GE milliradians: values within +-1000 pi"
     if header_range is not None and header_range[0] <= lo and hi <= header_range[1]:
         a, b = map(float, header_range)
-        return (f"header[{a:g},{b:g})", _TWO_PI / (b - a),
+        return (f"header[{a:g},{b:g})", _TWO_PI / (b - a), -math.pi - a * _TWO_PI / (b - a),
                 f"header range [{a:g}, {b:g}) -> 2 pi (BitsStored, RescaleSlope/Intercept)")
     if is_int and span >= 8:
         n = max(1, int(math.ceil(math.log2(span + 1))))
         step = float(np.min(np.diff(np.unique(x[:: max(1, x.size // 200000)].ravel())))) if span else 1.0
         if (span + step) >= 0.75 * 2 ** n:
-            return (f"int{n}", _TWO_PI / 2 ** n,
+            return (f"int{n}", _TWO_PI / 2 ** n, -math.pi if lo >= 0 else 0.0,
                     f"observed range {lo:g}..{hi:g}: {n}-bit scanner integers ({'signed' if lo < 0 else 'unsigned'}), "
                     f"2**{n} values = 2 pi")
     if lo >= -180 * (1 + 1e-4) and hi <= 360 * (1 + 1e-4) and 270 <= span <= 360 * (1 + 1e-4):
-        return "deg", math.pi / 180, f"degrees: values span {span:.4g} within [-180, 360]"
+        return "deg", math.pi / 180, 0.0, f"degrees: values span {span:.4g} within [-180, 360]"
     raise InputError(f"{where}: cannot tell the phase unit from the {rng} ({'integers' if is_int else 'not integers'}): "
                      f"neither radians ([-pi, pi] or [0, 2 pi]), degrees (a span of 270..360) nor scanner "
                      f"integers filling a 2**N range; {how}")
@@ -321,11 +323,11 @@ def decide_phase_unit(phase, where="phase", unit="auto", sidecar=None, header_ra
 def phase_to_radians(phase, where="phase", unit="auto", sidecar=None, header_range=None,
                      manufacturer: str = ""):
     """Phase -> radians wrapped to [-pi, pi) (radians in [-pi, pi] kept). Returns ``(rad, name, reason)``."""
-    name, scale, reason = decide_phase_unit(phase, where, unit, sidecar, header_range, manufacturer)
+    name, scale, offset, reason = decide_phase_unit(phase, where, unit, sidecar, header_range, manufacturer)
     x = np.asarray(phase)
     if name == "rad" and float(np.abs(x).max()) <= math.pi * (1 + 1e-4):
         return x.astype(np.float32), name, reason
-    r = np.mod(x.astype(np.float64) * scale + math.pi, _TWO_PI) - math.pi
+    r = np.mod(x.astype(np.float64) * scale + offset + math.pi, _TWO_PI) - math.pi
     return r.astype(np.float32), name, reason
 
 

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from . import __version__
-from .io import InputError
+from .io import InputError, Terminated
 
 #: subcommand name -> module under chisep.commands (kept in the order --help lists them)
 COMMANDS = ["simulate", "preprocess", "run", "lesions", "train", "demo"]
@@ -53,9 +53,10 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"chisep {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"chisep {args.command}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = getattr(exc, "chisep_output", None) or "nothing was written"
+        print(f"chisep {args.command}: interrupted; {what}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

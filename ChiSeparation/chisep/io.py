@@ -397,12 +397,14 @@ class OutputFolder:
         try:
             with _signals_blocked():
                 self._commit()
-        except BaseException:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            self._unlock()
+            self._sig.__exit__(None, None, None)
+        except BaseException as exc:
             self._abort()
+            exc.chisep_output = (f"the run had already finished and {self.message}" if self.committed
+                                 else self.message)
             raise
-        shutil.rmtree(self.stage, ignore_errors=True)
-        self._unlock()
-        self._sig.__exit__(None, None, None)
         return False
 
     def _commit(self):
