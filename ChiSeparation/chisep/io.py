@@ -195,15 +195,36 @@ def _sigterm_raises():
 
 @contextlib.contextmanager
 def _signals_blocked():
-    """SIGINT/SIGTERM held back (delivered afterwards) while a short critical section runs."""
+    """SIGINT/SIGTERM held back (acted on afterwards) while a short critical section runs.
+
+    Done with Python-level handlers that only record the signal (Python runs handlers in the main
+    thread whichever thread the kernel picked, so this holds in a process with worker threads,
+    where ``pthread_sigmask`` on the main thread would not); the recorded signal is then acted on
+    with the handler that was in place before."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    pending = []
+    old = {s: signal.getsignal(s) for s in _SIGNALS}
+
+    def record(signum, frame):
+        pending.append(signum)
+    for s in _SIGNALS:
+        signal.signal(s, record)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, h in old.items():
+            signal.signal(s, h)
+        if pending:
+            s = pending[0]
+            h = old[s]
+            if callable(h):
+                h(s, None)
+            elif h == signal.SIG_DFL:
+                if s == signal.SIGINT:
+                    raise KeyboardInterrupt
+                raise Terminated(s)
 
 
 def _user_files(folder: Path) -> list:
@@ -287,7 +308,8 @@ class OutputFolder:
       into the folder on success; stale staging folders of killed runs are removed by the next run;
     - **signals**: SIGTERM raises :class:`Terminated` and SIGINT ``KeyboardInterrupt`` while the
       folder is open; both remove the staging folder and leave the folder as it was; the final moves
-      run with SIGINT/SIGTERM held back, so a signal cannot split a run's file set;
+      run with SIGINT/SIGTERM held back (acted on once the moves are done), so a signal cannot split
+      a run's file set;
     - **one run's files**: the folder's earlier run files are listed in ``.chisep_outputs.json``;
       ``overwrite=True`` removes them when the new run commits (not before: a failed run keeps them);
     - ``message`` says exactly what was and was not written; ``written`` lists the files.
