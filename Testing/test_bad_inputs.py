@@ -6,7 +6,6 @@ row holds an earlier run's files and `--overwrite` is passed, so "untouched" is 
 folder that the run would have been allowed to replace had its inputs been good.
 """
 import fcntl
-import gzip
 import hashlib
 import json
 import os

@@ -3,7 +3,8 @@
 Each subcommand lives in ``chisep/commands/<name>.py`` and provides
 ``add_parser(subparsers)`` (registers its arguments) and ``run(args) -> int``.
 User errors (:class:`chisep.io.InputError`) print a one-line message and exit with code 2;
-nothing is written half-way (commands write through :func:`chisep.io.atomic_output_dir`).
+nothing is written half-way (commands write through :class:`chisep.io.OutputFolder`); an
+interrupted run (SIGINT 130, SIGTERM 143) says what was and was not written.
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except InputError as exc:
-        print(f"chisep {args.command}: error: {exc}", file=sys.stderr)
+        where = getattr(exc, "chisep_output", None)
+        print(f"chisep {args.command}: error: {exc}" + (f" ({where})" if where else ""), file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as exc:
         what = getattr(exc, "chisep_output", None) or "nothing was written"

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ..io import InputError, OutputFolder, check_output_dir, save_nifti, write_json
 from ..preprocess.pipeline import BG_METHODS
 from ..progress import make_progress
+from .run import add_out_options, add_phase_unit_option
 
 #: output file (without .nii.gz) -> unit
 OUTPUTS = {"local_field": "ppm", "total_field_hz": "Hz", "field_weight": "0..1 (inverse field noise std)",
@@ -32,16 +32,12 @@ def add_parser(sub):
                    help="GRE magnitude: a 4-D NIfTI, one 3-D NIfTI per echo, or a DICOM folder")
     p.add_argument("--gre-phase", nargs="+", required=True, metavar="F",
                    help="GRE phase (radians, degrees or scanner integers: see --phase-unit), same echoes and grid")
-    p.add_argument("--phase-unit", default="auto", metavar="U", type=str.lower,
-                   help="unit of --gre-phase: auto (default: from the values and the sidecar; ambiguous values "
-                        "are refused), rad, deg, mrad, int (scanner integers) or int<N> (e.g. int12)")
+    add_phase_unit_option(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--se-mag", nargs="+", metavar="F", help="multi-echo spin-echo magnitudes (for R2)")
     src.add_argument("--r2", metavar="F", help="R2 map (Hz) instead of --se-mag")
     p.add_argument("--mask", metavar="F", help="brain mask (overrides the automatic one)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty; see --overwrite)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the files of an earlier chisep run in --out (only when this run succeeds)")
+    add_out_options(p)
     p.add_argument("--te", nargs="+", type=float, metavar="S", help="GRE echo times (s); default from the sidecar")
     p.add_argument("--se-te", nargs="+", type=float, metavar="S", help="SE echo times (s); default from the sidecar")
     p.add_argument("--b0", type=float, metavar="T", help="field strength (T); default MagneticFieldStrength or 3")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..io import InputError, OutputFolder, check_output_dir
-from ..pipeline import METHODS, Maps, preprocess_raw, separate, stage_maps
+from ..pipeline import METHODS, preprocess_raw, separate, stage_maps
 from ..preprocess.pipeline import BG_METHODS
 from ..progress import make_progress, scaled
 
@@ -29,16 +29,29 @@ are never removed). Nothing is written until the run succeeds; an interrupted ru
 SIGTERM) leaves the folder as it was. User errors exit with code 2 before any computation."""
 
 
+def add_phase_unit_option(p):
+    """``--phase-unit`` (shared by ``run`` and ``preprocess``)."""
+    p.add_argument("--phase-unit", default="auto", metavar="U", type=str.lower,
+                   help="unit of --gre-phase: auto (default: from the values and the sidecar; ambiguous "
+                        "values are refused), rad, deg, mrad, int (scanner integers, bit depth from the "
+                        "values) or int<N> (e.g. int12)")
+
+
+def add_out_options(p):
+    """``--out`` and ``--overwrite`` (shared by ``run`` and ``preprocess``)."""
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty; see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier chisep run in --out (only when this run succeeds; "
+                        "other files are never removed)")
+
+
 def add_parser(sub):
     p = sub.add_parser("run", help="chi-separation of one subject (raw scans or processed maps)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     raw = p.add_argument_group("raw inputs")
     raw.add_argument("--gre-mag", nargs="+", metavar="F", help="multi-echo GRE magnitude: 4-D NIfTI, one file per echo, or a DICOM folder")
     raw.add_argument("--gre-phase", nargs="+", metavar="F", help="multi-echo GRE phase (radians, degrees or scanner integers: see --phase-unit)")
-    raw.add_argument("--phase-unit", default="auto", metavar="U", type=str.lower,
-                     help="unit of --gre-phase: auto (default: from the values and the sidecar; ambiguous "
-                          "values are refused), rad, deg, mrad, int (scanner integers, bit depth from the "
-                          "values) or int<N> (e.g. int12)")
+    add_phase_unit_option(raw)
     raw.add_argument("--se-mag", nargs="+", metavar="F", help="multi-echo spin-echo magnitude (for R2)")
     raw.add_argument("--te", nargs="+", type=float, metavar="S", help="GRE echo times in seconds (overrides sidecars)")
     raw.add_argument("--se-te", nargs="+", type=float, metavar="S", help="SE echo times in seconds (overrides sidecars)")
@@ -62,9 +75,7 @@ def add_parser(sub):
     both.add_argument("--mask", metavar="F", help="brain mask (overrides the automatic mask)")
     both.add_argument("--b0", type=float, metavar="T", help="field strength in tesla (default: sidecar, else 3)")
     out = p.add_argument_group("method and output")
-    out.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty; see --overwrite)")
-    out.add_argument("--overwrite", action="store_true",
-                     help="replace the files of an earlier chisep run in --out (only when this run succeeds)")
+    add_out_options(out)
     out.add_argument("--method", choices=METHODS, default="chisepnet-r2prime")
     out.add_argument("--weights", metavar="PATH", help="chi-sepnet weights: ours (.safetensors) or a published checkpoint (.pth/.pth.tar/.onnx); default built-in")
     out.add_argument("--r2prime-weights", metavar="PATH", help="R2'-prediction net for chisepnet-r2star (default built-in)")
