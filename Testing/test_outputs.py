@@ -225,3 +225,24 @@ def test_signals_never_leave_a_partial_map_set_and_the_next_run_cleans_up(proces
     from chisep.cli import main
     assert main(_argv(d, out, False)) == 0
     assert set(_files(out)) == MAPS | {MANIFEST_NAME}
+
+
+def test_cli_warns_about_assumed_field_and_replaces_only_with_overwrite(processed, tmp_path, capsys):
+    """A default that matters is printed and written to report.json; a second run into the folder
+    needs --overwrite, which replaces the earlier run's files and says so."""
+    from chisep.cli import main
+    d, out = processed, tmp_path / "o"
+    argv = [a for a in _argv(d, out, False) if a not in ("--b0", "3")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: field strength not given" in err and "assumed 3 T" in err
+    rep = json.loads((out / "report.json").read_text())
+    assert any("assumed 3 T" in w for w in rep["warnings"]) and rep["b0_t"] == 3.0
+    assert set(rep["outputs"]) == MAPS and set(_files(out)) == MAPS | {MANIFEST_NAME}
+    assert f"wrote 7 files to {out}" in err
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite", "--b0", "7"]) == 0
+    err = capsys.readouterr().err
+    assert "replaced the earlier run's files" in err and "warning" not in err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["b0_t"] == 7.0 and rep["warnings"] == []
