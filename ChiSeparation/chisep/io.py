@@ -7,7 +7,6 @@ and says what to fix.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -15,6 +14,11 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
+
+try:  # POSIX advisory locks; Windows (Slicer) uses msvcrt byte-range locks instead
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 import numpy as np
 
@@ -291,6 +295,15 @@ def check_output_dir(out_dir, overwrite: bool = False, option: str = "--out") ->
     return p
 
 
+def _try_lock(fd):
+    """Exclusive, non-blocking lock of an open file; OSError when another process holds it."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:  # pragma: no cover - Windows
+        import msvcrt
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+
 class OutputFolder:
     """One run's output folder: exclusive, all-or-nothing, holding exactly one run's files.
 
@@ -336,8 +349,8 @@ class OutputFolder:
         for _ in range(5):
             fd = os.open(str(lock), os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                _try_lock(fd)
+            except (BlockingIOError, PermissionError):
                 try:
                     other = os.read(fd, 64).decode(errors="replace").strip() or "?"
                 finally:
