@@ -331,6 +331,7 @@ ROWS = [
     ("lesions_maps_is_file", _lesion_maps_file, "is a file"),
     ("lesions_maps_missing", _lesion_maps_missing, "not found"),
     ("lesions_other_grid", _lesion_other_grid, "another grid"),
+    ("lesions_out_below_file", lambda c: (_lesions_cmd(c, c.truth("lesions"))[:-1] + [str(Path(c.mag) / "t.csv")], c.mag), "is a file"),
 ]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,19 @@ def _load_same_grid(path, what, shape, affine):
     return data
 
 
+def _check_output_file(opt, out: Path):
+    """The file can be written (before any computation): not a folder, its folder creatable/writable."""
+    if out.is_dir():
+        raise InputError(f"{opt} {out}: is a folder; give the file to write")
+    anc = out.parent
+    while not anc.exists() and anc.parent != anc:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise InputError(f"{opt} {out}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise InputError(f"{opt} {out}: {anc} is not writable; choose a folder you can write to")
+
+
 def run(args) -> int:
     from .. import lesions as L
 
@@ -68,11 +82,9 @@ def run(args) -> int:
         raise InputError(f"--maps {d}: folder not found (give the output folder of `chisep run`)")
     if not d.is_dir():
         raise InputError(f"--maps {d}: is a file, not a folder (give the output folder of `chisep run`)")
-    out = Path(args.out)
-    if out.is_dir():
-        raise InputError(f"--out {out}: is a folder; give the CSV file to write")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise InputError(f"--out {out}: {out.parent} is a file, not a folder")
+    for opt, f in (("--out", args.out), ("--summary-json", args.summary_json)):
+        if f:
+            _check_output_file(opt, Path(f))
     maps, affine = {}, None
     for name in ("chi_para", "chi_dia", "chi_total", "r2prime"):
         f = d / f"{name}.nii.gz"
