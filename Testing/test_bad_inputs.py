@@ -279,6 +279,7 @@ ROWS = [
     ("fieldstrength_text", lambda c: (c.run_raw(mag=(p := c.variant("gre_mag", "fst.nii.gz", sidecar_edit=_set("MagneticFieldStrength", "3T")))), p.replace(".nii.gz", ".json")), "not a number"),
     ("fieldstrength_negative", lambda c: (c.run_raw(mag=(p := c.variant("gre_mag", "fsn.nii.gz", sidecar_edit=_set("MagneticFieldStrength", -3)))), p.replace(".nii.gz", ".json")), "positive"),
     ("sidecar_not_json", lambda c: (c.run_raw(mag=(p := c.variant("gre_mag", "badjson.nii.gz", sidecar=False))), (Path(p.replace(".nii.gz", ".json")).write_text("{EchoTime: 5"), p.replace(".nii.gz", ".json"))[1]), "JSON"),
+    ("sidecar_a_list", lambda c: (c.run_raw(mag=(p := c.variant("gre_mag", "listjson.nii.gz", sidecar=False))), (Path(p.replace(".nii.gz", ".json")).write_text("[1, 2]"), p.replace(".nii.gz", ".json"))[1]), "not an object"),
     # --- arguments
     ("b0_zero_raw", lambda c: (c.run_raw("--b0", "0"), "--b0"), "positive"),
     ("b0_negative_raw", lambda c: (c.run_raw("--b0", "-3"), "--b0"), "positive"),

@@ -163,9 +163,13 @@ def read_sidecar(nifti_path) -> dict:
     if not p.exists():
         return {}
     try:
-        return json.loads(p.read_text())
+        obj = json.loads(p.read_text())
     except Exception as exc:
         raise InputError(f"{p}: sidecar is not valid JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise InputError(f"{p}: sidecar is JSON but not an object of key: value pairs "
+                         f"(got {type(obj).__name__}); fix or remove it")
+    return obj
 
 
 # --------------------------------------------------------------------------- output folders
