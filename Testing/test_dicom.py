@@ -293,3 +293,28 @@ def test_missing_echo_time_and_mixed_acquisitions(tmp_path):
     _write_series(d3, stored[2:], TE_MS[2:], MAG, 13, nrows=NY - 2)
     with pytest.raises(InputError, match="different grid"):
         load_dicom_echoes(d3)
+
+
+def test_acquisition_loader_reads_dicom_folders(tmp_path):
+    """The one loader (chisep.acquisition) on a DICOM folder: same phase rule as NIfTI, headers give
+    TE and B0, --phase-unit applies to DICOM too."""
+    from chisep.acquisition import load_acquisition
+    d = tmp_path / "both"
+    mag, phi = _mag_stored(TE_MS), _phase_truth(TE_MS)
+    _write_series(d, mag, TE_MS, MAG, 5)
+    _write_series(d, _siemens_phase_stored(phi), TE_MS, PHASE, 6, slope=2.0, intercept=-4096.0)
+    a = load_acquisition(d, d)
+    assert a.phase_unit.startswith("header") and "header range [-4096, 4096)" in a.phase_unit_reason
+    assert a.te_s == pytest.approx([t * 1e-3 for t in TE_MS]) and a.b0_t == 3.0 and a.warnings == []
+    assert a.provenance["b0_t"].endswith("(DICOM header)")
+    i, j, kk = _index_map({"data": a.mag, "affine": a.affine}, AXIAL)
+    for e in range(len(TE_MS)):
+        np.testing.assert_array_equal(a.mag[i, j, kk, e], mag[e])
+        assert np.abs(np.angle(np.exp(1j * (a.phase[i, j, kk, e] - phi[e])))).max() <= np.pi / 4096 + 1e-5
+    with pytest.raises(InputError, match="not radians") as e:
+        load_acquisition(d, d, phase_unit="rad")
+    assert str(d) in str(e.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="empty folder"):
+        load_acquisition(empty, d)

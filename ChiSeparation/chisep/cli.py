@@ -3,7 +3,8 @@
 Each subcommand lives in ``chisep/commands/<name>.py`` and provides
 ``add_parser(subparsers)`` (registers its arguments) and ``run(args) -> int``.
 User errors (:class:`chisep.io.InputError`) print a one-line message and exit with code 2;
-nothing is written half-way (commands write through :func:`chisep.io.atomic_output_dir`).
+nothing is written half-way (commands write through :class:`chisep.io.OutputFolder`); an
+interrupted run (SIGINT 130, SIGTERM 143) says what was and was not written.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import importlib
 import sys
 
 from . import __version__
-from .io import InputError
+from .io import InputError, Terminated
 
 #: subcommand name -> module under chisep.commands (kept in the order --help lists them)
 COMMANDS = ["simulate", "preprocess", "run", "lesions", "train", "demo", "bids", "qsmci"]
@@ -46,11 +47,13 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except InputError as exc:
-        print(f"chisep {args.command}: error: {exc}", file=sys.stderr)
+        where = getattr(exc, "chisep_output", None)
+        print(f"chisep {args.command}: error: {exc}" + (f" ({where})" if where else ""), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"chisep {args.command}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = getattr(exc, "chisep_output", None) or "nothing was written"
+        print(f"chisep {args.command}: interrupted; {what}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -12,16 +12,13 @@ Magnitude vs phase: a volume is phase when its sidecar ``ImageType`` contains ``
 other volume is magnitude (``M``/``MAGNITUDE``, and SE magnitude). A folder may hold both;
 ``kind`` selects.
 
-Phase scaling rule (dcm2niix keeps the scanner's values; ``phase_to_radians``), first match wins:
-
-1. all values within [-pi, pi] (to 1e-4 relative): already radians, kept as they are;
-2. GE and all values within +-1000 pi: milliradians, divided by 1000;
-3. the header's representable range: stored values ``0 .. 2**BitsStored - 1`` (or
-   ``-2**(BitsStored-1) .. 2**(BitsStored-1) - 1`` when PixelRepresentation is 1) through
-   RescaleSlope/RescaleIntercept give ``[a, b)`` (Siemens 12 bit, slope 2, intercept -4096:
-   ``[-4096, 4096)``); when every value lies inside, ``a -> -pi`` and ``b -> pi`` linearly;
-4. otherwise the observed span rounded up to a power of two, ``[0, 2**n)`` for non-negative data
-   and ``[-2**(n-1), 2**(n-1))`` otherwise, mapped onto ``[-pi, pi)``.
+Phase scaling: the one rule of :func:`chisep.acquisition.decide_phase_unit` (shared with NIfTI
+input), given the header's representable range (``BitsStored``, ``PixelRepresentation``,
+``RescaleSlope``/``RescaleIntercept``: Siemens 12 bit, slope 2, intercept -4096 -> ``[-4096, 4096)``)
+and the manufacturer (GE milliradians). Radians are kept; degrees, milliradians and scanner
+integers are scaled to radians and wrapped to [-pi, pi); anything that cannot be told is refused.
+``chisep.acquisition.load_acquisition`` calls :func:`load_dicom_echoes` with ``raw_phase=True``
+and decides the unit itself (so ``--phase-unit`` applies to DICOM too).
 
 The result's ``phase_scaling`` says which rule was used (kept in the run report).
 """
@@ -142,35 +139,19 @@ def _representable_range(ds):
     return (min(a, b), max(a, b))
 
 
-def phase_to_radians(phase: np.ndarray, value_range=None, manufacturer: str = ""):
-    """Scanner phase -> radians by the rule in the module docstring.
+def phase_to_radians(phase: np.ndarray, value_range=None, manufacturer: str = "", unit: str = "auto"):
+    """Scanner phase -> radians by :func:`chisep.acquisition.decide_phase_unit`.
 
-    ``value_range`` is the header's representable ``(a, b)``. Returns ``(radians float32, rule)``.
+    ``value_range`` is the header's representable ``(a, b)``. Returns ``(radians float32, rule)``;
+    raises InputError when the unit cannot be told.
     """
-    phase = np.asarray(phase, dtype=np.float64)
-    lo, hi = float(phase.min()), float(phase.max())
-    amax = max(abs(lo), abs(hi))
-    if amax <= np.pi * (1 + 1e-4):
-        return phase.astype(np.float32), "radians (kept)"
-    if manufacturer.upper().startswith("GE") and amax <= 1000 * np.pi * (1 + 1e-4):
-        return (phase / 1000.0).astype(np.float32), "milliradians / 1000 (GE)"
-    if value_range is not None and value_range[0] <= lo and hi <= value_range[1]:
-        a, b = map(float, value_range)
-        rule = f"header range [{a:g}, {b:g}) -> [-pi, pi)"
-    else:
-        full = 2.0 ** np.ceil(np.log2(max(hi - lo, 1.0)))
-        while True:
-            a = 0.0 if lo >= 0 else -full / 2
-            if a <= lo and hi < a + full:
-                break
-            full *= 2
-        b = a + full
-        rule = f"observed range rounded to [{a:g}, {b:g}) -> [-pi, pi)"
-    out = (phase - a) / (b - a) * (2 * np.pi) - np.pi
-    return out.astype(np.float32), rule
+    from .acquisition import phase_to_radians as _to_rad
+
+    rad, name, reason = _to_rad(np.asarray(phase), "DICOM phase", unit, None, value_range, manufacturer)
+    return rad, reason
 
 
-def load_dicom_echoes(dicom_dir, kind: str = "auto") -> dict:
+def load_dicom_echoes(dicom_dir, kind: str = "auto", raw_phase: bool = False) -> dict:
     """Load one multi-echo series (GRE magnitude or phase, or SE magnitude) from a DICOM folder.
 
     Parameters
@@ -179,6 +160,8 @@ def load_dicom_echoes(dicom_dir, kind: str = "auto") -> dict:
         the magnitude and the phase series together.
     kind : ``"magnitude"``, ``"phase"`` or ``"auto"`` (magnitude when the folder has magnitude,
         else phase).
+    raw_phase : keep the phase in the scanner's values (``phase_header_range`` and ``manufacturer``
+        are returned for :func:`chisep.acquisition.decide_phase_unit`).
 
     Returns
     -------
@@ -228,6 +211,7 @@ def load_dicom_echoes(dicom_dir, kind: str = "auto") -> dict:
         if te is None:
             raise InputError(f"{d}: series {it['side'].get('SeriesNumber', '?')} ({it['name']}) has no "
                              f"EchoTime in its DICOM headers; give the echo times with --te")
+        te = _float_or_none(te, "EchoTime", d)
         for e in range(it["data"].shape[3]):
             vols.append((float(te), it["data"][..., e], it["affine"], it["side"]))
     vols.sort(key=lambda v: v[0])
@@ -244,16 +228,33 @@ def load_dicom_echoes(dicom_dir, kind: str = "auto") -> dict:
                              f"TE {vols[0][0] * 1e3:g} ms ({ref_shape}); one folder must hold one acquisition")
     data = np.stack([v[1] for v in vols], axis=-1).astype(np.float32)
     side0 = vols[0][3]
-    scaling = None
+    scaling = hdr_range = None
+    manufacturer = str(side0.get("Manufacturer", ""))
     if want == "phase":
         uids = {str(v[3].get("SeriesInstanceUID")) for v in vols if v[3].get("SeriesInstanceUID")}
-        data, scaling = phase_to_radians(data, _phase_header_range(d, uids),
-                                         str(side0.get("Manufacturer", "")))
+        hdr_range = _phase_header_range(d, uids)
+        if not raw_phase:
+            try:
+                data, scaling = phase_to_radians(data, hdr_range, manufacturer)
+            except InputError as exc:
+                raise InputError(f"{d}: {exc}") from None
     b0 = side0.get("MagneticFieldStrength")
     f0 = side0.get("ImagingFrequency")
+    f0 = _float_or_none(f0, "ImagingFrequency", d)
     return {"data": data, "affine": np.asarray(ref_aff, dtype=float), "te_s": tes,
-            "b0_t": float(b0) if b0 is not None else None,
-            "imaging_frequency_mhz": float(f0) if f0 is not None else None,
+            "b0_t": _float_or_none(b0, "MagneticFieldStrength", d),
+            "imaging_frequency_mhz": f0,
             "image_type": list(side0.get("ImageType") or []),
             "is_phase": want == "phase", "phase_scaling": scaling,
+            "phase_header_range": hdr_range, "manufacturer": manufacturer,
             "sidecars": [v[3] for v in vols]}
+
+
+def _float_or_none(v, key, where):
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: the DICOM header's {key} is {v!r}, not a number; give it on the "
+                         f"command line") from None

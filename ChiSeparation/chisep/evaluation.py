@@ -29,17 +29,15 @@ def preprocess_from_files(data_dir, progress=None, **options) -> Maps:
     """Read ``gre_mag/gre_phase[/se_mag].nii.gz`` + sidecars as a user's run would, and preprocess.
 
     ``options`` go to :func:`chisep.preprocess.preprocess_gre` (e.g. ``bg_method``)."""
-    from .preprocess import load_echoes, load_gre
+    from .acquisition import load_acquisition
 
     data_dir = Path(data_dir)
-    acq = load_gre(data_dir / "gre_mag.nii.gz", data_dir / "gre_phase.nii.gz")
-    se_mag = se_te = None
-    if (data_dir / "se_mag.nii.gz").exists():
-        se = load_echoes(data_dir / "se_mag.nii.gz", what="SE magnitude")
-        se_mag, se_te = se["data"], se["te_s"]
-    return preprocess_raw(acq["mag"], acq["phase"], acq["te_s"], acq["affine"], b0_t=acq["b0_t"],
-                          se_mag=se_mag, se_te_s=se_te, phase_sign=acq.get("phase_sign", 1),
-                          b0_dir=acq.get("b0_dir"), progress=progress, **options)
+    se = data_dir / "se_mag.nii.gz"
+    acq = load_acquisition(data_dir / "gre_mag.nii.gz", data_dir / "gre_phase.nii.gz",
+                           se=se if se.exists() else None)
+    kw = acq.preprocess_kwargs()
+    return preprocess_raw(kw.pop("mag"), kw.pop("phase"), kw.pop("te_s"), kw.pop("affine"),
+                          progress=progress, **kw, **options)
 
 
 def run_methods(maps: Maps, methods=METHODS, weights=None, device="auto", progress=None) -> dict:

@@ -5,10 +5,11 @@ Inputs are maps on one grid (``chi_para``, ``chi_dia`` = positive magnitude |chi
 minimum difference of 0), a lesion label map (or binary mask) on the same grid and its 4x4 affine.
 
 Lesions
-    A mask whose only non-zero value is 1 (or a bool mask) is split into connected components with
-    **26-connectivity** (face, edge and corner neighbours); ``split="always"`` forces that for any
-    label map, ``split="never"`` keeps a binary mask as one lesion. Labels must be non-negative
-    integers.
+    A mask whose only non-zero value is 1 or 255 (or a bool mask) is split into connected
+    components with **26-connectivity** (face, edge and corner neighbours); ``split="always"``
+    forces that for any label map, ``split="never"`` keeps a binary mask as one lesion. Labels must
+    be non-negative integers; a probability map (non-integer values) is refused with the threshold
+    to use.
 
 Reference (NAWM)
     ``reference="wm"`` (default when a WM mask is given): the user WM mask, minus CSF, minus every
@@ -132,28 +133,45 @@ def location_scale(values, robust: bool = True) -> tuple:
     return float(v.mean()), float(v.std())
 
 
-def label_lesions(lesions, split: str = "auto") -> np.ndarray:
+#: single non-zero values that mark a binary lesion mask (split into lesions by connectivity)
+MASK_VALUES = (1, 255)
+
+
+def label_lesions(lesions, split: str = "auto", source=None) -> np.ndarray:
     """Integer label map (X, Y, Z) from a lesion mask or label map.
 
-    ``split="auto"``: a bool mask or one whose only non-zero value is 1 is split into
-    26-connected components (labels 1..n in scan order); other label maps are kept.
-    ``"always"``: split any non-zero mask; ``"never"``: keep the labels as given.
+    ``split="auto"``: a binary mask -- a bool mask, or one whose only non-zero value is 1 or 255
+    (the usual mask values of NIfTI writers) -- is split into 26-connected components (labels 1..n
+    in scan order); any other integer map is a label map and its labels are kept (a single label
+    such as 3 included). ``"always"``: split any non-zero mask; ``"never"``: keep the labels as given.
+    Non-integer values (a probability map) are refused with the threshold to use; negative labels
+    are refused. ``source`` (a file name) is put in front of every message.
     """
+    where = f"{source}: " if source is not None else ""
     lab = np.asarray(lesions)
     if lab.ndim != 3:
-        raise InputError(f"lesion map must be 3-D, got shape {lab.shape}")
+        raise InputError(f"{where}lesion map must be 3-D, got shape {lab.shape}")
     if split not in ("auto", "always", "never"):
-        raise InputError(f"split must be auto, always or never, got {split!r}")
+        raise InputError(f"{where}split must be auto, always or never, got {split!r}")
     if lab.dtype != bool:
         if not np.all(np.isfinite(lab)):
-            raise InputError("lesion map contains NaN/inf values")
+            raise InputError(f"{where}lesion map contains NaN/inf values")
         if np.any(lab != np.round(lab)):
-            raise InputError("lesion map has non-integer values; give a binary mask or an integer label map")
+            lo, hi = float(lab.min()), float(lab.max())
+            if lo >= 0 and hi <= 1:
+                raise InputError(f"{where}lesion map has non-integer values in [0, 1] (a probability map); "
+                                 f"threshold it first, e.g. at 0.5 (lesion where p > 0.5), and give the binary mask")
+            raise InputError(f"{where}lesion map has non-integer values ({lo:g}..{hi:g}); give a binary mask "
+                             f"or an integer label map")
         if np.any(lab < 0):
-            raise InputError("lesion map has negative labels; labels must be 0 (background) or positive")
+            raise InputError(f"{where}lesion map has negative labels; labels must be 0 (background) or positive")
         lab = np.round(lab).astype(np.int64)
     nz = lab != 0
-    binary = lab.dtype == bool or not np.any(lab > 1)
+    if lab.dtype == bool:
+        binary = True
+    else:
+        vals = np.unique(lab[nz])
+        binary = vals.size == 0 or (vals.size == 1 and int(vals[0]) in MASK_VALUES)
     if split == "always" or (split == "auto" and binary):
         out, _ = ndi.label(nz, structure=_STRUCT26)
         return out.astype(np.int32)
@@ -471,6 +489,8 @@ def write_lesion_csv(rows: list, path, map_names=None) -> Path:
             w.writerow(cols)
             for r in rows:
                 w.writerow([_fmt(r.get(c)) for c in cols])
+        from .io import _file_mode
+        os.chmod(tmp, _file_mode())   # mkstemp makes 0600; follow the umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

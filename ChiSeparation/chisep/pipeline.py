@@ -237,19 +237,31 @@ def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device
                      report=report)
 
 
-def write_maps(result: RunResult, out_dir, extra_report: Optional[dict] = None) -> Path:
-    """Write every map of a run as ``<name>.nii.gz`` plus ``report.json``, atomically."""
-    from .io import atomic_output_dir, save_nifti, write_json
+def stage_maps(result: RunResult, folder, extra_report: Optional[dict] = None) -> Path:
+    """Write every map of a run as ``<name>.nii.gz`` plus ``report.json`` into ``folder`` (a staging
+    folder of :class:`chisep.io.OutputFolder`, or any folder)."""
+    from .io import save_nifti, write_json
 
-    out_dir = Path(out_dir)
-    with atomic_output_dir(out_dir) as stage:
-        for name, arr in result.maps.items():
-            dtype = np.uint8 if name == "mask" else np.float32
-            save_nifti(stage / f"{name}.nii.gz", arr, result.affine, dtype=dtype)
-        rep = dict(result.report)
-        rep["units"] = {k: OUTPUT_UNITS.get(k, "") for k in result.maps}
-        rep["versions"] = versions()
-        if extra_report:
-            rep.update(extra_report)
-        write_json(stage / "report.json", rep)
-    return out_dir
+    folder = Path(folder)
+    for name, arr in result.maps.items():
+        dtype = np.uint8 if name == "mask" else np.float32
+        save_nifti(folder / f"{name}.nii.gz", arr, result.affine, dtype=dtype)
+    rep = dict(result.report)
+    rep["units"] = {k: OUTPUT_UNITS.get(k, "") for k in result.maps}
+    rep["versions"] = versions()
+    if extra_report:
+        rep.update(extra_report)
+    rep["outputs"] = sorted([f"{k}.nii.gz" for k in result.maps] + ["report.json"])
+    write_json(folder / "report.json", rep)
+    return folder
+
+
+def write_maps(result: RunResult, out_dir, extra_report: Optional[dict] = None, overwrite: bool = False) -> Path:
+    """Write every map of a run as ``<name>.nii.gz`` plus ``report.json`` into ``out_dir`` through
+    :class:`chisep.io.OutputFolder`: all or nothing, one run's files (``overwrite`` replaces an
+    earlier run's files), refused when another run writes there."""
+    from .io import OutputFolder
+
+    with OutputFolder(out_dir, overwrite=overwrite) as out:
+        stage_maps(result, out.stage, extra_report)
+    return Path(out_dir)

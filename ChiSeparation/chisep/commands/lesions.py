@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,8 @@ HELP = """Per-lesion statistics and MS-lesion classification.
 
 Reads chi_para.nii.gz, chi_dia.nii.gz (positive magnitude |chi_dia|) and chi_total.nii.gz (ppm),
 and r2prime.nii.gz (Hz) if present, from --maps (the output folder of `chisep run`); a lesion
-mask (split into 26-connected components) or label map (one label per lesion) on the same grid.
+mask (0 and 1, 255 or True: split into 26-connected components) or an integer label map (one
+label per lesion, kept) on the same grid; a probability map is refused (threshold it first).
 
 Each lesion is compared with normal-appearing white matter: the --wm-mask (minus all lesions
 dilated by --exclusion-mm, minus CSF) or, without it, a ring 2-5 mm around the lesion (--shell-mm)
@@ -59,12 +61,30 @@ def _load_same_grid(path, what, shape, affine):
     return data
 
 
+def _check_output_file(opt, out: Path):
+    """The file can be written (before any computation): not a folder, its folder creatable/writable."""
+    if out.is_dir():
+        raise InputError(f"{opt} {out}: is a folder; give the file to write")
+    anc = out.parent
+    while not anc.exists() and anc.parent != anc:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise InputError(f"{opt} {out}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise InputError(f"{opt} {out}: {anc} is not writable; choose a folder you can write to")
+
+
 def run(args) -> int:
     from .. import lesions as L
 
     d = Path(args.maps)
+    if not d.exists():
+        raise InputError(f"--maps {d}: folder not found (give the output folder of `chisep run`)")
     if not d.is_dir():
-        raise InputError(f"--maps {d}: not a folder")
+        raise InputError(f"--maps {d}: is a file, not a folder (give the output folder of `chisep run`)")
+    for opt, f in (("--out", args.out), ("--summary-json", args.summary_json)):
+        if f:
+            _check_output_file(opt, Path(f))
     maps, affine = {}, None
     for name in ("chi_para", "chi_dia", "chi_total", "r2prime"):
         f = d / f"{name}.nii.gz"
@@ -78,7 +98,8 @@ def run(args) -> int:
         elif data.shape != shape or not np.allclose(aff, affine, atol=1e-3):
             raise InputError(f"{f}: not on the grid of chi_para.nii.gz")
         maps[name] = data
-    lesions = _load_same_grid(args.lesions, "the lesion map", shape, affine)
+    lesions = L.label_lesions(_load_same_grid(args.lesions, "the lesion map", shape, affine),
+                              source=args.lesions)
     wm = _load_same_grid(args.wm_mask, "the WM mask", shape, affine) if args.wm_mask else None
     csf = _load_same_grid(args.csf_mask, "the CSF mask", shape, affine) if args.csf_mask else None
     brain_path = args.brain_mask or (d / "mask.nii.gz" if (d / "mask.nii.gz").exists() else None)
@@ -88,7 +109,8 @@ def run(args) -> int:
                                z_threshold=args.z_threshold,
                                min_diff={k: args.min_diff for k in ("chi_para", "chi_dia", "chi_total")},
                                robust=not args.mean_sd, shell_mm=tuple(args.shell_mm),
-                               exclusion_mm=args.exclusion_mm, rim_min_diff=args.rim_min_diff)
+                               exclusion_mm=args.exclusion_mm, rim_min_diff=args.rim_min_diff,
+                               split="never")
     L.write_lesion_csv(rows, args.out, map_names=list(maps))
     summary = L.summary_counts(rows)
     if args.summary_json:

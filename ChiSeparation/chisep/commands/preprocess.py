@@ -2,19 +2,21 @@
 
 Reads 4-D NIfTI files (or one 3-D file per echo, or DICOM folders) with dcm2niix-style JSON
 sidecars, runs :func:`chisep.preprocess.preprocess_gre` and writes every map on the input grid
-(same affine) into ``--out``, atomically: on any error nothing is written.
+(same affine) into ``--out``: one run's files per folder (--overwrite replaces an earlier run's),
+nothing written on any error or interruption, user errors exit 2 before any computation.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError, atomic_output_dir, load_nifti, save_nifti, write_json
+from ..io import InputError, OutputFolder, check_output_dir, save_nifti, write_json
 from ..preprocess.pipeline import BG_METHODS
 from ..progress import make_progress
+from .run import add_out_options, add_phase_unit_option
 
 #: output file (without .nii.gz) -> unit
 OUTPUTS = {"local_field": "ppm", "total_field_hz": "Hz", "field_weight": "0..1 (inverse field noise std)",
@@ -29,12 +31,13 @@ def add_parser(sub):
     p.add_argument("--gre-mag", nargs="+", required=True, metavar="F",
                    help="GRE magnitude: a 4-D NIfTI, one 3-D NIfTI per echo, or a DICOM folder")
     p.add_argument("--gre-phase", nargs="+", required=True, metavar="F",
-                   help="GRE phase (radians or integer scanner units), same echoes and grid")
+                   help="GRE phase (radians, degrees or scanner integers: see --phase-unit), same echoes and grid")
+    add_phase_unit_option(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--se-mag", nargs="+", metavar="F", help="multi-echo spin-echo magnitudes (for R2)")
     src.add_argument("--r2", metavar="F", help="R2 map (Hz) instead of --se-mag")
     p.add_argument("--mask", metavar="F", help="brain mask (overrides the automatic one)")
-    p.add_argument("--out", required=True, metavar="DIR")
+    add_out_options(p)
     p.add_argument("--te", nargs="+", type=float, metavar="S", help="GRE echo times (s); default from the sidecar")
     p.add_argument("--se-te", nargs="+", type=float, metavar="S", help="SE echo times (s); default from the sidecar")
     p.add_argument("--b0", type=float, metavar="T", help="field strength (T); default MagneticFieldStrength or 3")
@@ -49,77 +52,55 @@ def add_parser(sub):
     return p
 
 
-def _one_or_list(paths):
-    return paths[0] if len(paths) == 1 else list(paths)
+def load_inputs(args):
+    """Read and validate every input named on the command line (raises InputError; writes nothing).
 
+    Returns the checked :class:`chisep.acquisition.Acquisition`."""
+    from ..acquisition import check_b0, load_acquisition
+    from .run import _one_or_list
 
-def load_inputs(args) -> dict:
-    """Read and validate every input named on the command line (raises InputError; writes nothing)."""
-    from ..preprocess import load_echoes, load_gre
-
-    if len(args.gre_mag) == 1 and Path(args.gre_mag[0]).is_dir():
-        from .run import _load_dicom_gre
-        acq = _load_dicom_gre(args)
-    else:
-        acq = load_gre(_one_or_list(args.gre_mag), _one_or_list(args.gre_phase), te_s=args.te, b0_t=args.b0)
-    grid = acq["mag"].shape[:3]
-    extra = {}
-    if args.se_mag:
-        if len(args.se_mag) == 1 and Path(args.se_mag[0]).is_dir():
-            from ..dicom import load_dicom_echoes
-            se = load_dicom_echoes(args.se_mag[0], kind="magnitude")
-            se_te = list(args.se_te or se["te_s"])
-        else:
-            se = load_echoes(_one_or_list(args.se_mag), te_s=args.se_te, what="SE magnitude")
-            se_te = se["te_s"]
-        if se["data"].shape[:3] != grid:
-            raise InputError(f"{args.se_mag[0]}: SE grid {se['data'].shape[:3]} differs from the GRE grid "
-                             f"{grid}; register/resample the SE onto the GRE first")
-        if len(se_te) != se["data"].shape[-1]:
-            raise InputError(f"{args.se_mag[0]}: {len(se_te)} SE echo times for {se['data'].shape[-1]} echoes; "
-                             f"fix --se-te or the sidecar EchoTime")
-        extra["se_mag"], extra["se_te_s"] = se["data"], se_te
-    for name in ("r2", "mask"):
-        path = getattr(args, name)
-        if path:
-            arr, aff = load_nifti(path, ndim=3)
-            if arr.shape != grid or not np.allclose(aff, acq["affine"], atol=1e-3):
-                raise InputError(f"{path}: grid {arr.shape} / affine differ from the GRE {args.gre_mag[0]} "
-                                 f"{grid}; resample it onto the GRE grid")
-            extra[name] = arr
-    phase_sign = args.phase_sign if args.phase_sign is not None else int(acq.get("phase_sign", 1) or 1)
-    return {"acq": acq, "extra": extra, "phase_sign": phase_sign}
+    if args.b0 is not None:
+        check_b0(args.b0, "--b0")
+    if not args.vsharp_radius > 0:
+        raise InputError(f"--vsharp-radius {args.vsharp_radius}: must be > 0 mm")
+    return load_acquisition(_one_or_list(args.gre_mag), _one_or_list(args.gre_phase),
+                            se=_one_or_list(args.se_mag), r2=args.r2, mask=args.mask, te_s=args.te,
+                            se_te_s=args.se_te, b0_t=args.b0, phase_unit=args.phase_unit,
+                            phase_sign=args.phase_sign)
 
 
 def run(args) -> int:
     from ..preprocess import preprocess_gre
+    from .run import warn
 
     progress = make_progress(args.progress)
     t0 = time.perf_counter()
-    inp = load_inputs(args)
-    acq = inp["acq"]
-    out = preprocess_gre(acq["mag"], acq["phase"], acq["te_s"], acq["affine"], b0_t=acq["b0_t"],
-                         phase_sign=inp["phase_sign"], unwrap=args.unwrap, bg_method=args.bg_method,
-                         vsharp_radius_mm=args.vsharp_radius, b0_dir=acq.get("b0_dir"),
-                         bipolar=args.bipolar, progress=progress, **inp["extra"])
-    elapsed = time.perf_counter() - t0
-    with atomic_output_dir(args.out) as stage:
+    check_output_dir(args.out, args.overwrite)
+    acq = load_inputs(args)
+    warn("preprocess", acq.warnings)
+    with OutputFolder(args.out, overwrite=args.overwrite) as folder:
+        out = preprocess_gre(**acq.preprocess_kwargs(), unwrap=args.unwrap, bg_method=args.bg_method,
+                             vsharp_radius_mm=args.vsharp_radius, bipolar=args.bipolar, progress=progress)
+        elapsed = time.perf_counter() - t0
+        stage = folder.stage
         written = []
         for name in OUTPUTS:
             if out.get(name) is not None:
                 dtype = np.uint8 if name.startswith("mask") else np.float32
-                save_nifti(stage / f"{name}.nii.gz", out[name], acq["affine"], dtype=dtype)
+                save_nifti(stage / f"{name}.nii.gz", out[name], acq.affine, dtype=dtype)
                 written.append(f"{name}.nii.gz")
         write_json(stage / "report.json", {
             "command": "chisep preprocess",
             "inputs": {"gre_mag": args.gre_mag, "gre_phase": args.gre_phase, "se_mag": args.se_mag,
                        "r2": args.r2, "mask": args.mask},
-            "te_s": list(acq["te_s"]), "se_te_s": inp["extra"].get("se_te_s"), "b0_t": acq["b0_t"],
-            "b0_dir": np.asarray(acq["b0_dir"], float).tolist(), "phase_sign": inp["phase_sign"],
+            "te_s": list(acq.te_s), "se_te_s": acq.se_te_s, "b0_t": acq.b0_t,
+            "b0_dir": np.asarray(acq.b0_dir, float).tolist(), "phase_sign": acq.phase_sign,
+            "acquisition": acq.report(), "warnings": list(acq.warnings),
             "options": {"unwrap": args.unwrap, "bg_method": args.bg_method,
                         "vsharp_radius_mm": args.vsharp_radius, "bipolar": args.bipolar},
-            "outputs": written, "units": {k: OUTPUTS[k] for k in OUTPUTS},
+            "outputs": written + ["report.json"], "units": {k: OUTPUTS[k] for k in OUTPUTS},
             "timings_s": {"preprocess": round(elapsed, 2)}})
+    print(f"chisep preprocess: {folder.message}", file=sys.stderr)
     return 0
 
 

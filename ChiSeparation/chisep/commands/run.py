@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from ..io import InputError, load_nifti
-from ..pipeline import METHODS, Maps, preprocess_raw, separate, write_maps
+from ..io import InputError, OutputFolder, check_output_dir
+from ..pipeline import METHODS, preprocess_raw, separate, stage_maps
 from ..preprocess.pipeline import BG_METHODS
 from ..progress import make_progress, scaled
 
@@ -22,7 +21,28 @@ Processed inputs: --local-field (with --field-unit), --r2star, and --r2 or --r2p
 Outputs in --out: chi_para.nii.gz, chi_dia.nii.gz (positive magnitude |chi_dia|) and
 chi_total.nii.gz in ppm; local_field.nii.gz (ppm); r2star/r2/r2prime.nii.gz (Hz); mask.nii.gz;
 qsm.nii.gz (the QSM channel, ppm, network methods); report.json (inputs, options, versions,
-weights, timings). All outputs keep the input grid and affine."""
+weights, timings, warnings). All outputs keep the input grid and affine.
+
+The output folder holds exactly one run's files: a folder with files is refused unless
+--overwrite (which replaces an earlier chisep run's files when the new run succeeds; other files
+are never removed). Nothing is written until the run succeeds; an interrupted run (Ctrl-C,
+SIGTERM) leaves the folder as it was. User errors exit with code 2 before any computation."""
+
+
+def add_phase_unit_option(p):
+    """``--phase-unit`` (shared by ``run`` and ``preprocess``)."""
+    p.add_argument("--phase-unit", default="auto", metavar="U", type=str.lower,
+                   help="unit of --gre-phase: auto (default: from the values and the sidecar; ambiguous "
+                        "values are refused), rad, deg, mrad, int (scanner integers, bit depth from the "
+                        "values) or int<N> (e.g. int12)")
+
+
+def add_out_options(p):
+    """``--out`` and ``--overwrite`` (shared by ``run`` and ``preprocess``)."""
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty; see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier chisep run in --out (only when this run succeeds; "
+                        "other files are never removed)")
 
 
 def add_parser(sub):
@@ -30,7 +50,8 @@ def add_parser(sub):
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     raw = p.add_argument_group("raw inputs")
     raw.add_argument("--gre-mag", nargs="+", metavar="F", help="multi-echo GRE magnitude: 4-D NIfTI, one file per echo, or a DICOM folder")
-    raw.add_argument("--gre-phase", nargs="+", metavar="F", help="multi-echo GRE phase (radians or scanner integers)")
+    raw.add_argument("--gre-phase", nargs="+", metavar="F", help="multi-echo GRE phase (radians, degrees or scanner integers: see --phase-unit)")
+    add_phase_unit_option(raw)
     raw.add_argument("--se-mag", nargs="+", metavar="F", help="multi-echo spin-echo magnitude (for R2)")
     raw.add_argument("--te", nargs="+", type=float, metavar="S", help="GRE echo times in seconds (overrides sidecars)")
     raw.add_argument("--se-te", nargs="+", type=float, metavar="S", help="SE echo times in seconds (overrides sidecars)")
@@ -54,7 +75,7 @@ def add_parser(sub):
     both.add_argument("--mask", metavar="F", help="brain mask (overrides the automatic mask)")
     both.add_argument("--b0", type=float, metavar="T", help="field strength in tesla (default: sidecar, else 3)")
     out = p.add_argument_group("method and output")
-    out.add_argument("--out", required=True, metavar="DIR")
+    add_out_options(out)
     out.add_argument("--method", choices=METHODS, default="chisepnet-r2prime")
     out.add_argument("--weights", metavar="PATH", help="chi-sepnet weights: ours (.safetensors) or a published checkpoint (.pth/.pth.tar/.onnx); default built-in")
     out.add_argument("--r2prime-weights", metavar="PATH", help="R2'-prediction net for chisepnet-r2star (default built-in)")
@@ -67,126 +88,181 @@ def add_parser(sub):
     return p
 
 
-def _nifti_or_none(path, what):
-    if path is None:
-        return None, None
-    return load_nifti(path, ndim=3)
+RAW_ONLY = ("gre_phase", "se_mag", "te", "se_te", "phase_sign")
+PROCESSED_ONLY = ("field_unit", "field_te", "r2star", "r2prime", "qsm", "field_weight", "magnitude")
 
 
-def load_processed(args) -> Maps:
-    from .. import physics
-
-    if not args.mask:
-        raise InputError("--local-field needs --mask (the brain mask of the processed maps)")
-    if not args.field_unit:
-        raise InputError("--local-field needs --field-unit hz|ppm|rad (the unit of the field map)")
-    field, affine = load_nifti(args.local_field, ndim=3)
-    mask, maff = load_nifti(args.mask, ndim=3)
-    b0_t = args.b0 or 3.0
-    maps = {"mask": mask}
-    for name in ("r2star", "r2", "r2prime", "qsm", "field_weight", "magnitude"):
-        path = getattr(args, name, None)
-        if path:
-            arr, aff = load_nifti(path, ndim=3)
-            if arr.shape != field.shape or not np.allclose(aff, affine, atol=1e-3):
-                raise InputError(f"{path}: grid {arr.shape} / affine differ from --local-field "
-                                 f"{args.local_field} {field.shape}; resample it onto the field's grid")
-            maps[name] = arr
-    if mask.shape != field.shape or not np.allclose(maff, affine, atol=1e-3):
-        raise InputError(f"{args.mask}: grid differs from --local-field {args.local_field}")
-    field_ppm = physics.convert_field(field, args.field_unit, "ppm", b0_t, te_s=args.field_te)
-    return Maps(affine=affine, local_field=field_ppm, b0_t=b0_t, **maps)
-
-
-def load_raw(args, progress=None) -> Maps:
-    from ..preprocess import load_gre
-
-    if not args.gre_phase:
-        raise InputError("--gre-mag needs --gre-phase (the GRE phase of the same echoes)")
-    if len(args.gre_mag) == 1 and Path(args.gre_mag[0]).is_dir():
-        acq = _load_dicom_gre(args)
-    else:
-        acq = load_gre(_one_or_list(args.gre_mag), _one_or_list(args.gre_phase), te_s=args.te, b0_t=args.b0)
-    se_mag = se_te = r2 = mask = None
-    if args.se_mag and len(args.se_mag) == 1 and Path(args.se_mag[0]).is_dir():
-        from ..dicom import load_dicom_echoes
-        se = load_dicom_echoes(args.se_mag[0], kind="magnitude")
-        se_mag, se_te = se["data"], list(args.se_te or se["te_s"])
-    elif args.se_mag:
-        from ..preprocess import load_echoes
-        se = load_echoes(_one_or_list(args.se_mag), te_s=args.se_te, what="SE magnitude")
-        se_mag, se_te = se["data"], se["te_s"]
-        if se_mag.shape[:3] != acq["mag"].shape[:3]:
-            raise InputError(f"{args.se_mag[0]}: SE grid {se_mag.shape[:3]} differs from the GRE grid "
-                             f"{acq['mag'].shape[:3]}; register/resample the SE onto the GRE first")
-    if args.r2:
-        r2, _ = load_nifti(args.r2, ndim=3)
-        if r2.shape != acq["mag"].shape[:3]:
-            raise InputError(f"{args.r2}: R2 grid {r2.shape} differs from the GRE grid {acq['mag'].shape[:3]}")
-    if args.mask:
-        mask, _ = load_nifti(args.mask, ndim=3)
-        if mask.shape != acq["mag"].shape[:3]:
-            raise InputError(f"{args.mask}: mask grid {mask.shape} differs from the GRE grid {acq['mag'].shape[:3]}")
-    phase_sign = args.phase_sign if args.phase_sign is not None else int(acq.get("phase_sign", 1) or 1)
-    return preprocess_raw(acq["mag"], acq["phase"], acq["te_s"], acq["affine"], b0_t=acq["b0_t"],
-                          se_mag=se_mag, se_te_s=se_te, r2=r2, mask=mask, progress=progress,
-                          phase_sign=phase_sign, unwrap=args.unwrap, bg_method=args.bg_method,
-                          b0_dir=acq.get("b0_dir"))
-
-
-def _load_dicom_gre(args) -> dict:
-    """GRE magnitude/phase from DICOM folders (converted with dcm2niix; headers give TE and B0)."""
-    from .. import physics
-    from ..dicom import load_dicom_echoes
-
-    if len(args.gre_phase) != 1 or not Path(args.gre_phase[0]).is_dir():
-        raise InputError("--gre-mag is a DICOM folder, so --gre-phase must be a DICOM folder too "
-                         "(it may be the same folder)")
-    mag = load_dicom_echoes(args.gre_mag[0], kind="magnitude")
-    ph = load_dicom_echoes(args.gre_phase[0], kind="phase")
-    if mag["data"].shape != ph["data"].shape or not np.allclose(mag["affine"], ph["affine"], atol=1e-3):
-        raise InputError(f"{args.gre_phase[0]}: phase series {ph['data'].shape} does not match the "
-                         f"magnitude series {mag['data'].shape} of {args.gre_mag[0]}")
-    te = list(args.te) if args.te else mag["te_s"]
-    if len(te) != mag["data"].shape[-1]:
-        raise InputError(f"--te gives {len(te)} echo times for {mag['data'].shape[-1]} echoes")
-    b0 = args.b0 or mag.get("b0_t") or 3.0
-    return {"mag": mag["data"], "phase": ph["data"], "te_s": te, "b0_t": float(b0),
-            "affine": mag["affine"], "b0_dir": physics.b0_direction_from_affine(mag["affine"]),
-            "phase_sign": 1}
+def _opt(name):
+    return "--" + name.replace("_", "-")
 
 
 def _one_or_list(paths):
+    if paths is None:
+        return None
     return paths[0] if len(paths) == 1 else list(paths)
 
 
-def resolve_weights(args):
-    """The weights argument for :func:`chisep.pipeline.separate` from the CLI options."""
-    if not (args.weights or args.r2prime_weights or args.qsm_weights):
-        return None
-    return {"chisepnet": args.weights, "r2prime": args.r2prime_weights, "qsm": args.qsm_weights}
-
-
-def run(args) -> int:
-    progress = make_progress(args.progress)
-    t0 = time.perf_counter()
+def check_arguments(args):
+    """Cheap checks of the command line itself (no file read): raises InputError."""
     if args.local_field and args.gre_mag:
         raise InputError("give either raw scans (--gre-mag/--gre-phase) or processed maps (--local-field), not both")
     if not (args.local_field or args.gre_mag):
         raise InputError("no input: give --gre-mag and --gre-phase (raw scans) or --local-field, --field-unit, "
                          "--r2star/--r2prime and --mask (processed maps); see chisep run --help")
+    if args.gre_mag:
+        extra = [_opt(k) for k in PROCESSED_ONLY if getattr(args, k, None) is not None]
+        if extra:
+            raise InputError(f"{', '.join(extra)}: for processed inputs (--local-field), not with --gre-mag")
+        if not args.gre_phase:
+            raise InputError("--gre-mag needs --gre-phase (the GRE phase of the same echoes)")
+        if args.se_mag and args.r2:
+            raise InputError("give either --se-mag (spin echo, for R2) or --r2 (an R2 map), not both")
+    else:
+        extra = [_opt(k) for k in RAW_ONLY if getattr(args, k, None) is not None]
+        if getattr(args, "phase_unit", "auto") not in (None, "auto"):
+            extra.append("--phase-unit")
+        if extra:
+            raise InputError(f"{', '.join(extra)}: for raw inputs (--gre-mag/--gre-phase), not with --local-field")
+        if args.field_unit == "rad" and args.field_te is None:
+            raise InputError("--field-unit rad needs --field-te (the echo time in seconds of the phase)")
+    if args.b0 is not None:
+        from ..acquisition import check_b0
+        check_b0(args.b0, "--b0")
+    if args.tile_size is not None and args.tile_size < 16:
+        raise InputError(f"--tile-size {args.tile_size}: use 16 or more voxels (or leave it out)")
+    if args.dr is not None and not args.dr > 0:
+        raise InputError(f"--dr {args.dr}: the relaxometric constant must be > 0 Hz/ppm")
+
+
+def _weights_error(path, exc) -> InputError:
+    first = (str(exc).splitlines() or [""])[0]
+    if "weights only load failed" in first.lower() or "weights_only" in first.lower():
+        first = "the file holds pickled Python objects, which chisep never runs"
+    return InputError(f"{path}: not readable as chi-sepnet weights ({type(exc).__name__}: {first[:160]}); "
+                      f"give an intact .safetensors file written by chisep or the published .pth/.onnx file")
+
+
+def _check_weight_file(path):
+    """A clean message for an unreadable, truncated or pickled weight file (before any computation)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: weights file not found")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder; give the weights file (.safetensors, .pth, .pth.tar or .onnx)")
+    name = p.name.lower()
+    try:
+        if name.endswith(".safetensors"):
+            from safetensors import safe_open
+            with safe_open(str(p), framework="pt") as f:
+                list(f.keys())
+        elif name.endswith((".pth", ".pth.tar", ".pt", ".tar", ".ckpt")):
+            import torch
+            torch.load(str(p), map_location="cpu", weights_only=True)
+    except InputError:
+        raise
+    except Exception as exc:  # corrupt/truncated/pickled: never loaded unsafely
+        raise _weights_error(p, exc) from None
+
+
+def check_compute(args):
+    """Weights readable and of the right kind, device available, precision usable: before computing.
+
+    Returns the weights argument for :func:`chisep.pipeline.separate` (loaded weight sets) and a list
+    of warnings."""
+    warnings = []
+    given = {"chisepnet": args.weights, "r2prime": args.r2prime_weights, "qsm": args.qsm_weights}
+    if args.method == "regularized":
+        if args.device not in ("auto", "cpu"):
+            raise InputError(f"--device {args.device}: the regularized method runs on the CPU only; use "
+                             f"--device cpu (or auto), or a chisepnet method on {args.device}")
+        for k, v in given.items():
+            if v:
+                warnings.append(f"{_opt(k + '_weights') if k != 'chisepnet' else '--weights'} {v} ignored: "
+                                f"--method regularized uses no network")
+        return None, warnings
+    from ..network.inference import resolve_device, resolve_precision, resolve_weights
+    dev = resolve_device(args.device)
+    resolve_precision(args.precision, dev)
+    for v in given.values():
+        if v:
+            _check_weight_file(v)
+    try:
+        ws = resolve_weights(args.method, given)
+    except InputError as exc:
+        msg = str(exc)
+        named = [v for v in given.values() if v and str(v) in msg]
+        if not named and any(given.values()):
+            msg = f"{', '.join(str(v) for v in given.values() if v)}: {msg}"
+        raise InputError(msg) from None
+    except Exception as exc:
+        src = ", ".join(str(v) for v in given.values() if v) or "the built-in weights"
+        raise _weights_error(src, exc) from None
+    return ws, warnings
+
+
+def load_raw(args):
+    """The checked acquisition of the raw inputs (:func:`chisep.acquisition.load_acquisition`)."""
+    from ..acquisition import load_acquisition
+    return load_acquisition(_one_or_list(args.gre_mag), _one_or_list(args.gre_phase),
+                            se=_one_or_list(args.se_mag), r2=args.r2, mask=args.mask, te_s=args.te,
+                            se_te_s=args.se_te, b0_t=args.b0, phase_unit=args.phase_unit,
+                            phase_sign=args.phase_sign)
+
+
+def load_processed(args):
+    """Processed maps (:func:`chisep.acquisition.load_processed_maps`): ``(Maps, info)``."""
+    from ..acquisition import load_processed_maps
+    return load_processed_maps(args.local_field, args.field_unit, args.mask, r2star=args.r2star, r2=args.r2,
+                               r2prime=args.r2prime, qsm=args.qsm, field_weight=args.field_weight,
+                               magnitude=args.magnitude, b0_t=args.b0, field_te_s=args.field_te)
+
+
+def _check_method_inputs(args, have_r2prime: bool, have_r2star: bool):
+    if args.method == "chisepnet-r2prime" and not have_r2prime:
+        raise InputError("chi-sepnet-R2' needs R2' (or R2* and R2): give a multi-echo spin echo "
+                         "(--se-mag), an R2 map (--r2) or an R2' map (--r2prime), or use "
+                         "--method chisepnet-r2star for GRE-only data")
+    if args.method == "chisepnet-r2star" and not have_r2star:
+        raise InputError("chi-sepnet-R2* needs an R2* map (--r2star) or the multi-echo GRE magnitude")
+
+
+def warn(command, warnings):
+    for w in warnings:
+        print(f"chisep {command}: warning: {w}", file=sys.stderr)
+
+
+def run(args) -> int:
+    progress = make_progress(args.progress)
+    t0 = time.perf_counter()
+    check_arguments(args)
+    check_output_dir(args.out, args.overwrite)
     inputs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("progress",)}
     if args.gre_mag:
-        maps = load_raw(args, progress=scaled(progress, 0.0, 0.5))
+        acq = load_raw(args)
+        warnings = list(acq.warnings)
+        _check_method_inputs(args, acq.se_mag is not None or acq.r2 is not None, True)
+        input_report = acq.report()
     else:
-        maps = load_processed(args)
-    t_pre = time.perf_counter() - t0
-    res = separate(maps, args.method, weights=resolve_weights(args), device=args.device,
-                   precision=args.precision, tile_size=args.tile_size, dr=args.dr,
-                   progress=scaled(progress, 0.5 if args.gre_mag else 0.0, 0.98))
-    res.report.setdefault("timings_s", {})["preprocess"] = round(t_pre, 3)
-    res.report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
-    write_maps(res, args.out, extra_report={"inputs": inputs, "command": "chisep run"})
+        maps, info = load_processed(args)
+        warnings = list(info["warnings"])
+        _check_method_inputs(args, maps.r2prime is not None, maps.r2star is not None)
+        input_report = {"sources": info["sources"], "provenance": info["provenance"], "b0_t": maps.b0_t}
+    weights, wwarn = check_compute(args)
+    warnings += wwarn
+    warn("run", warnings)
+    with OutputFolder(args.out, overwrite=args.overwrite) as out:
+        if args.gre_mag:
+            maps = preprocess_raw(**acq.preprocess_kwargs(), progress=scaled(progress, 0.0, 0.5),
+                                  unwrap=args.unwrap, bg_method=args.bg_method)
+        t_pre = time.perf_counter() - t0
+        res = separate(maps, args.method, weights=weights, device=args.device,
+                       precision=args.precision, tile_size=args.tile_size, dr=args.dr,
+                       progress=scaled(progress, 0.5 if args.gre_mag else 0.0, 0.98))
+        res.report.setdefault("timings_s", {})["preprocess"] = round(t_pre, 3)
+        res.report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+        stage_maps(res, out.stage, extra_report={"inputs": inputs, "command": "chisep run",
+                                                 "acquisition": input_report, "warnings": warnings})
+    print(f"chisep run: {out.message}", file=sys.stderr)
     if progress:
         progress(1.0, f"done: maps written to {args.out}")
     return 0
