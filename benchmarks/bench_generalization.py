@@ -78,8 +78,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", help="write every number here")
     args = ap.parse_args(argv)
-    if any(900 <= s <= 999 or s >= 1000 for s in args.seeds):
-        raise SystemExit("test seeds must be < 900 (900-999 validation, >= 1000 training)")
+    if any(900 <= s <= 9999 for s in args.seeds):
+        raise SystemExit("test seeds must not be 900-999 (validation) or 1000-9999 (training)")
     cands = [c.split("=", 1) for c in args.candidate]
     print(f"# bench_generalization: {' '.join(sys.argv[1:])}\n# cpu: {platform.processor() or platform.machine()}, "
           f"python {platform.python_version()}", flush=True)
