@@ -4,8 +4,9 @@ Two kinds of volume go into the cache (``<cache>/<name>.npz``, float16 maps, uin
 
 * ``head``: :func:`chisep.simulate.simulate_head` (full head by default) with a per-seed random
   SNR (40-200, log-uniform), lesion count and deformation, then the inference chain itself:
-  :func:`chisep.preprocess.preprocess_gre` on the simulated GRE + SE (so the local field carries
-  V-SHARP's errors and R2*/R2' carry the fits' errors) and the QSM channel from
+  :func:`chisep.preprocess.preprocess_gre` with ``bg_method="lbv-qsm"`` (:data:`BG_METHOD`, the
+  best chain the project has) on the simulated GRE + SE (so the local field carries LBV-QSM's errors
+  and R2*/R2' carry the fits' errors; a failing chain is an error, there is no stand-in) and the QSM channel from
   :func:`chisep.qsm.qsm_closed_form`, exactly as :func:`chisep.pipeline.separate` builds it.
 * ``shapes``: non-anatomical volumes (96^3 at 1 mm): a random smooth "brain" mask filled with
   random ellipsoids / blobs / tubes of chi_para and |chi_dia| (wide ranges, beyond normative), random
@@ -22,8 +23,13 @@ only; older caches get it with ``--add-lesions``), optionally ``r2p_pred`` (R2'/
 the measured R2* by an R2'-prediction net, ``--predict-r2prime``: the input the chi-sepnet of the
 R2* pipeline sees) and ``meta`` (JSON).
 
+* ``wide`` / ``val_w`` / ``qsmf``: widened volumes (random field strength, echoes, voxel size, B0
+  tilt, SNR, phase sense; fibre white matter; a second forward model), made in their acquisition
+  frame and resampled to the networks' frame as inference does: see :mod:`chisep.training.widen`.
+  ``qsmf`` (qsm-forward's model) volumes are never loaded for training (leave-one-simulator-out).
+
 B0 is along the third array axis in all volumes (the networks' frame; tilted acquisitions are
-rotated to it at inference). Seeds: training heads 1000+, shapes 5000+, validation heads 900-999
+rotated to it at inference, and the widened volumes were). Seeds: training heads 1000+, shapes 5000+, validation heads 900-999
 (never used in training). The patch sampler draws 64^3 patches centred in the mask with augmentations
 that are exact for the physics: flips of each axis, a swap of the two axes transverse to B0, and a
 common scale factor on chi, field, QSM and R2' (everything is linear; R2* = R2 + R2' gets the scaled
