@@ -241,3 +241,66 @@ def test_r2star_chisepnet_trains_on_the_predicted_r2prime(tmp_path):
     assert s["step"] == 4 and (tmp_path / "run" / "ckpt_step2.pt").exists()
     with pytest.raises(KeyError, match="r2p_pred"):
         D.Volume({k: a for k, a in arrays.items() if k != "r2p_pred"}).patch((8, 8, 8), 8, ("r2p_pred",))
+
+
+def test_no_fallback_chain_failures_are_loud():
+    """The cache is made by the inference chain only: no stand-in, no catch-all."""
+    from chisep.io import InputError
+
+    assert not hasattr(D, "_fallback_chain") and not hasattr(D, "CHAIN")
+    mag = np.ones((8, 8, 8, 3), np.float32)
+    with pytest.raises((InputError, ValueError)):
+        # echo times that do not match the echoes: preprocess_gre refuses, and so does the cache
+        D._preprocess_and_qsm(mag, np.zeros_like(mag), (0.005, 0.01), np.eye(4), 3.0, None, None)
+    assert D.BG_METHOD == "lbv-qsm"
+
+
+def test_fine_tuning_starts_from_the_weights_exactly(tmp_path):
+    """--init-weights: the step-0 checkpoint holds the weights' network (BatchNorm statistics too) and
+    normalisation, so the first forward pass of the fine-tuning equals inference with the weights."""
+    pytest.importorskip("safetensors")
+    from chisep.network.weights import load_weights
+
+    cfg = _cfg(tmp_path, out=str(tmp_path / "src"), steps=3)
+    loop.train(cfg, log=lambda m: None)
+    wfile = tmp_path / "w.safetensors"
+    loop.export_weights(tmp_path / "src" / "ckpt_last.pt", wfile, dtype="float32")
+    ft = _cfg(tmp_path, out=str(tmp_path / "ft"), steps=3)
+    ck = loop.init_checkpoint_from_weights(wfile, tmp_path / "ft", ft)
+    m, c = loop.model_from_checkpoint(ck)
+    ws = load_weights(wfile, kind=ft.kind)
+    x = torch.randn(1, 3, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(m(x), ws.model.float()(x))
+    assert c["step"] == 0 and c["optim"] == {}
+    for k, v in ws.norm.items():
+        assert c["norm"][k] == pytest.approx(list(v))
+    with pytest.raises(FileExistsError):
+        loop.init_checkpoint_from_weights(wfile, tmp_path / "ft", ft)
+
+
+def test_warmup_ramps_the_learning_rate():
+    cfg = loop.TrainConfig(out="x", lr=1e-4, warmup_steps=10)
+    assert [loop._lr_at(cfg, s) for s in (0, 4, 9, 10, 50)] == pytest.approx([1e-5, 5e-5, 1e-4, 1e-4, 1e-4])
+
+
+def test_widened_acquisitions_cover_the_requested_ranges():
+    from chisep.training.widen import acquisition
+
+    acqs = [acquisition(s) for s in range(2000, 2300)]
+    assert {a["b0_t"] for a in acqs} == {1.5, 3.0, 7.0}
+    assert {len(a["te_s"]) for a in acqs} == set(range(3, 9))
+    te1 = [a["te_s"][0] for a in acqs]
+    dte = [a["te_s"][1] - a["te_s"][0] for a in acqs]
+    assert 0.002 <= min(te1) and max(te1) <= 0.006 and 0.002 <= min(dte) and max(dte) <= 0.008
+    ip = [a["voxel_size"][0] for a in acqs]
+    sl = [a["voxel_size"][2] for a in acqs]
+    assert 0.6 <= min(ip) < 0.7 and 1.4 < max(ip) <= 1.5 and 1.0 <= min(sl) < 1.2 and 2.8 < max(sl) <= 3.0
+    tilts = [a["tilt_deg"] for a in acqs]
+    assert min(tilts) == 0.0 and 25 < max(tilts) <= 30 and sum(t > 0 for t in tilts) > 150
+    snr = [a["snr"] for a in acqs]
+    assert 20 <= min(snr) < 25 and 170 < max(snr) <= 200
+    assert {a["phase_sign"] for a in acqs} == {1, -1}
+    assert acquisition(2000) == acquisition(2000)
+    full = [acquisition(s, "full")["voxel_size"] for s in range(2000, 2100)]
+    assert {v[2] for v in full} == {1.0, 2.0, 3.0} and {v[0] for v in full} == {1.0}

@@ -52,6 +52,8 @@ def main(argv=None):
     ap.add_argument("--snr", type=float, default=100.0)
     ap.add_argument("--r2prime-net", help="R2'-prediction weights for r2s candidates (default: built-in)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bg-method", help="background removal of the chain (default: the chain's own); "
+                                        "weights trained on LBV-QSM inputs are chosen with lbv-qsm")
     ap.add_argument("--json", help="write all numbers here")
     args = ap.parse_args(argv)
     if any(not 900 <= s <= 999 for s in args.seeds):
@@ -63,7 +65,7 @@ def main(argv=None):
         head = simulate_head(seed=seed, size=args.size, snr=args.snr)
         with tempfile.TemporaryDirectory() as d:
             write_simulation(head, d)
-            maps = preprocess_from_files(d)
+            maps = preprocess_from_files(d, **({"bg_method": args.bg_method} if args.bg_method else {}))
         T = head.truth
         ev = metrics.evaluation_mask(T["mask"], T.get("mask_csf"), T.get("mask_vessels"))
         print(f"seed {seed}: simulated and preprocessed in {time.time() - t0:.0f} s", flush=True)

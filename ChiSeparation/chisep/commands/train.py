@@ -62,6 +62,10 @@ def add_parser(sub):
                    help="chi-sepnet's R2' input: measured (r2p, default) or predicted from R2* "
                         "(r2p_pred: the chi-sepnet of the R2* pipeline; cache needs --predict-r2prime)")
     p.add_argument("--snapshot-every", type=int, default=0, help="keep ckpt_step<N>.pt every N steps")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate ramp over N steps")
+    p.add_argument("--init-weights", metavar="PATH",
+                   help="fine-tune: start from these weights (.safetensors, or 'builtin') and their "
+                        "normalisation; implies --resume after the first start")
     p.add_argument("--export", metavar="PATH", help="write OUT/ckpt_best.pt as fp16 safetensors and exit")
     p.add_argument("--export-from", default="best", choices=("best", "last"))
     p.add_argument("--evaluate", action="store_true",
@@ -101,11 +105,20 @@ def run(args) -> int:
                       min_volumes=args.min_volumes, w_l1=args.w_l1, w_gdl=args.w_gdl,
                       w_field=args.w_field, w_qsm=args.w_qsm, w_r2p=args.w_r2p,
                       p_lesion=args.p_lesion, lesion_weight=args.lesion_weight,
-                      r2prime_key=args.r2prime_input, snapshot_every=args.snapshot_every,
+                      r2prime_key=args.r2prime_input, snapshot_every=args.snapshot_every, warmup_steps=args.warmup_steps,
                       shapes_only=not args.cache)
     if args.cache and not Path(args.cache).is_dir():
         raise InputError(f"--cache {args.cache}: no such folder; build it with "
                          f"python -m chisep.training.data --out {args.cache} ...")
+    if args.init_weights and not (out / "ckpt_last.pt").exists():
+        from ..training.loop import init_checkpoint_from_weights
+        w = args.init_weights
+        if w == "builtin":
+            from ..network.weights import builtin_path
+            w = str(builtin_path(args.kind))
+        print(f"fine-tuning from {init_checkpoint_from_weights(w, out, cfg)} ({w})", flush=True)
+    if args.init_weights:
+        cfg.resume = True
     summary = train(cfg, log=lambda m: print(m, flush=True))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("last_losses",)}), flush=True)
     return 0

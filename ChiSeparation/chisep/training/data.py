@@ -4,8 +4,9 @@ Two kinds of volume go into the cache (``<cache>/<name>.npz``, float16 maps, uin
 
 * ``head``: :func:`chisep.simulate.simulate_head` (full head by default) with a per-seed random
   SNR (40-200, log-uniform), lesion count and deformation, then the inference chain itself:
-  :func:`chisep.preprocess.preprocess_gre` on the simulated GRE + SE (so the local field carries
-  V-SHARP's errors and R2*/R2' carry the fits' errors) and the QSM channel from
+  :func:`chisep.preprocess.preprocess_gre` with ``bg_method="lbv-qsm"`` (:data:`BG_METHOD`, the
+  best chain the project has) on the simulated GRE + SE (so the local field carries LBV-QSM's errors
+  and R2*/R2' carry the fits' errors; a failing chain is an error, there is no stand-in) and the QSM channel from
   :func:`chisep.qsm.qsm_closed_form`, exactly as :func:`chisep.pipeline.separate` builds it.
 * ``shapes``: non-anatomical volumes (96^3 at 1 mm): a random smooth "brain" mask filled with
   random ellipsoids / blobs / tubes of chi_para and |chi_dia| (wide ranges, beyond normative), random
@@ -22,8 +23,13 @@ only; older caches get it with ``--add-lesions``), optionally ``r2p_pred`` (R2'/
 the measured R2* by an R2'-prediction net, ``--predict-r2prime``: the input the chi-sepnet of the
 R2* pipeline sees) and ``meta`` (JSON).
 
+* ``wide`` / ``val_w`` / ``qsmf``: widened volumes (random field strength, echoes, voxel size, B0
+  tilt, SNR, phase sense; fibre white matter; a second forward model), made in their acquisition
+  frame and resampled to the networks' frame as inference does: see :mod:`chisep.training.widen`.
+  ``qsmf`` (qsm-forward's model) volumes are never loaded for training (leave-one-simulator-out).
+
 B0 is along the third array axis in all volumes (the networks' frame; tilted acquisitions are
-rotated to it at inference). Seeds: training heads 1000+, shapes 5000+, validation heads 900-999
+rotated to it at inference, and the widened volumes were). Seeds: training heads 1000+, shapes 5000+, validation heads 900-999
 (never used in training). The patch sampler draws 64^3 patches centred in the mask with augmentations
 that are exact for the physics: flips of each axis, a swap of the two axes transverse to B0, and a
 common scale factor on chi, field, QSM and R2' (everything is linear; R2* = R2 + R2' gets the scaled
@@ -69,100 +75,22 @@ NORM_SOURCE = {"qsm": "qsm", "field": "field", "r2prime_over_dr": "r2p", "r2star
 
 
 # --------------------------------------------------------------------------- the inference chain
-#: which chain made the inputs: "preprocess_gre" (the inference chain) or "fallback"
-CHAIN = {"name": None}
+#: background-field method of the chain the caches are built with (the best the project has)
+BG_METHOD = "lbv-qsm"
 
 
-def _fallback_chain(mag, phase, te_s, affine, b0_t, se_mag, se_te_s, mask, total_field_ppm):
-    """Stand-in for preprocess_gre, used only when chisep.preprocess is not importable.
-
-    Field: the true total field plus the noise of a weighted linear phase fit (no unwrapping
-    errors), then V-SHARP (radii 12..1 mm, truncation 0.05) on the mask; R2*/R2: log-linear fits.
-    """
-    te = np.asarray(te_s, float)
-    m = np.asarray(mask) > 0
-    vs = physics.voxel_size_from_affine(affine)
-    b0 = physics.b0_direction_from_affine(affine)
-    mg = np.maximum(np.asarray(mag, np.float64), 1e-6)
-    sig = float(np.median(mg[..., 0][m])) / 100.0
-    bg_noise = mg[..., 0][~ndi.binary_dilation(m, iterations=8)]
-    if bg_noise.size > 100:
-        sig = max(float(np.sqrt(np.mean(bg_noise ** 2) / 2.0)), 1e-6)
-    w2 = ((2 * np.pi * te[None, None, None, :] * mg / sig) ** 2).sum(-1)
-    rng = np.random.default_rng(int(abs(total_field_ppm).sum() * 1e3) % (2 ** 31))
-    noise_hz = rng.standard_normal(m.shape) / np.sqrt(np.maximum(w2, 1e-6))
-    tot = np.asarray(total_field_ppm, np.float64) + physics.hz_to_ppm(noise_hz, b0_t)
-    tot = np.where(m, tot, 0.0)
-    shape = physics.padded_shape(m.shape, 1.2)
-    tp, sl = physics.pad_to(tot, shape)
-    mp, _ = physics.pad_to(m.astype(np.float64), shape)
-    F = np.fft.fftn(tp)
-    kx, ky, kz = physics.kspace_grid(shape, vs)
-    grid = np.meshgrid(*[np.fft.fftfreq(n, 1.0 / n) * d for n, d in zip(shape, vs)], indexing="ij")
-    r2 = grid[0] ** 2 + grid[1] ** 2 + grid[2] ** 2
-    acc = np.zeros(shape)
-    done = np.zeros(shape, bool)
-    smv_max = None
-    for rad in range(12, 0, -1):
-        ker = (r2 <= rad * rad).astype(np.float64)
-        ker /= ker.sum()
-        K = np.fft.fftn(ker)
-        em = np.real(np.fft.ifftn(np.fft.fftn(mp) * K)) > 0.999
-        hp = np.real(np.fft.ifftn(F * (1 - K)))
-        new = em & ~done
-        acc[new] = hp[new]
-        done |= em
-        if smv_max is None:
-            smv_max = K
-    D1 = 1 - smv_max
-    D1 = np.where(np.abs(D1) < 0.05, 0.0, 1.0 / np.where(np.abs(D1) < 0.05, 1.0, D1))
-    local = np.real(np.fft.ifftn(np.fft.fftn(acc * done) * D1)) * done
-    fmask = done[sl] & m
-    local = local[sl] * fmask
-    logm = np.log(mg)
-    tc = te - te.mean()
-    slope = (logm * tc).sum(-1) / (tc ** 2).sum()
-    r2s = np.clip(-slope, 0, 500) * m
-    out = {"local_field": local.astype(np.float32), "r2star": r2s.astype(np.float32),
-           "mask": m.astype(np.uint8), "mask_eroded": fmask.astype(np.uint8)}
-    if se_mag is not None:
-        ts = np.asarray(se_te_s, float)
-        lse = np.log(np.maximum(np.asarray(se_mag, np.float64), 1e-6))
-        tsc = ts - ts.mean()
-        r2 = np.clip(-(lse * tsc).sum(-1) / (tsc ** 2).sum(), 0, 500) * m
-        out["r2"] = r2.astype(np.float32)
-        out["r2prime"] = np.maximum(r2s - r2, 0).astype(np.float32) * m
-    return out
-
-
-def _preprocess_and_qsm(mag, phase, te_s, affine, b0_t, se_mag, se_te_s, mask=None, truth=None):
+def _preprocess_and_qsm(mag, phase, te_s, affine, b0_t, se_mag, se_te_s, mask=None, bg_method=BG_METHOD,
+                        phase_sign=1):
     """The inference chain: preprocess_gre + closed-form QSM. Returns the preprocessing dict + 'qsm'.
 
-    ``truth`` (dict with 'mask', 'total_field') is used only by the stand-in chain when
-    :mod:`chisep.preprocess` is missing (recorded in :data:`CHAIN` and in each volume's meta).
+    There is no stand-in: a failure of the chain is an error (a volume made by another chain would
+    teach the network inputs it never sees at inference).
     """
+    from ..preprocess import preprocess_gre
     from ..qsm import qsm_closed_form
 
-    try:
-        from ..preprocess import preprocess_gre
-    except ImportError:
-        if truth is None:
-            raise
-        CHAIN["name"] = "fallback"
-        out = _fallback_chain(mag, phase, te_s, affine, b0_t, se_mag, se_te_s,
-                              truth["mask"] if mask is None else mask, truth["total_field"])
-    else:
-        try:
-            out = preprocess_gre(mag, phase, te_s, affine, b0_t=b0_t, se_mag=se_mag, se_te_s=se_te_s,
-                                 mask=mask)
-            CHAIN["name"] = "preprocess_gre"
-        except Exception as exc:  # noqa: BLE001 - keep the cache going, and say so in the meta
-            if truth is None:
-                raise
-            print(f"warning: preprocess_gre failed ({exc!r}); using the stand-in chain", file=sys.stderr)
-            CHAIN["name"] = "fallback-after-error"
-            out = _fallback_chain(mag, phase, te_s, affine, b0_t, se_mag, se_te_s,
-                                  truth["mask"] if mask is None else mask, truth["total_field"])
+    out = preprocess_gre(mag, phase, te_s, affine, b0_t=b0_t, se_mag=se_mag, se_te_s=se_te_s, mask=mask,
+                         bg_method=bg_method, phase_sign=phase_sign)
     m = np.asarray(out["mask"]) > 0
     vs = physics.voxel_size_from_affine(affine)
     b0 = physics.b0_direction_from_affine(affine)
@@ -231,11 +159,10 @@ def make_head_volume(seed: int, size: str = "full", snr: float | None = None,
     h = simulate_head(seed=int(seed), size=size, snr=snr, n_lesions=n_lesions)
     t1 = time.time()
     T = h.truth
-    out = _preprocess_and_qsm(h.gre_mag, h.gre_phase, h.te_s, h.affine, h.b0_t, h.se_mag, h.se_te_s,
-                              truth={"mask": T["mask"], "total_field": T["total_field"]})
+    out = _preprocess_and_qsm(h.gre_mag, h.gre_phase, h.te_s, h.affine, h.b0_t, h.se_mag, h.se_te_s)
     t2 = time.time()
     meta = {"kind": "head", "seed": int(seed), "size": size, "snr": snr, "n_lesions": n_lesions,
-            "chain": CHAIN["name"],
+            "chain": "preprocess_gre", "bg_method": BG_METHOD,
             "tilt_deg": 0.0, "t_simulate_s": round(t1 - t0, 1), "t_preprocess_s": round(t2 - t1, 1)}
     return _pack(out, T["chi_para"], T["chi_dia"], T["mask"], T["mask_csf"], T["mask_vessels"], meta,
                  lesions=T["lesions"])
@@ -375,34 +302,36 @@ def make_shapes_volume(seed: int, n: int = 96, snr: float | None = None, b0_t: f
         s = m0 * np.exp(-T["r2"] * te)
         se[..., e] = np.abs(s + rng.normal(0, sigma, s.shape) + 1j * rng.normal(0, sigma, s.shape))
     t1 = time.time()
-    out = _preprocess_and_qsm(mag, ph, TE_GRE, np.eye(4), b0_t, se, TE_SE, mask=T["brain"].astype(np.uint8),
-                              truth={"mask": T["brain"],
-                                     "total_field": (T["local_field"] + T["background_field"]) * head})
+    out = _preprocess_and_qsm(mag, ph, TE_GRE, np.eye(4), b0_t, se, TE_SE, mask=T["brain"].astype(np.uint8))
     t2 = time.time()
-    meta = {"kind": "shapes", "seed": int(seed), "n": n, "snr": snr, "chain": CHAIN["name"],
+    meta = {"kind": "shapes", "seed": int(seed), "n": n, "snr": snr, "chain": "preprocess_gre",
+            "bg_method": BG_METHOD,
             "t_simulate_s": round(t1 - t0, 1), "t_preprocess_s": round(t2 - t1, 1)}
     return _pack(out, T["chi_para"], T["chi_dia"], T["brain"], T["csf"], T["vessels"], meta)
 
 
 # --------------------------------------------------------------------------- cache building
+#: cache file prefix of each volume kind ("wide": our simulator widened, "valw": its validation
+#: volumes, "qsmf": the qsm-forward-style model, held out of training; see training/widen.py)
+PREFIX = {"head": "head", "val": "val", "shapes": "shapes", "wide": "wide", "valw": "val_w",
+          "qsmf": "qsmf"}
+
+
 def _job(args):
     kind, seed, out_dir, size, n_lesions = args
-    name = {"head": f"head_{seed:05d}", "val": f"val_{seed:05d}", "shapes": f"shapes_{seed:05d}"}[kind]
+    name = f"{PREFIX[kind]}_{seed:05d}"
     path = Path(out_dir) / f"{name}.npz"
     if path.exists():
         return name, "exists"
-    try:
-        import threadpoolctl  # noqa: F401
-    except ImportError:
-        pass
     t0 = time.time()
-    try:
-        arrays = (make_shapes_volume(seed) if kind == "shapes" else
-                  make_head_volume(seed, size=size, n_lesions=n_lesions))
-    except Exception as exc:  # noqa: BLE001 - a failing volume must not stop the cache
-        import traceback
-        traceback.print_exc()
-        return name, f"FAILED: {exc!r}"
+    # no catch-all: a volume that cannot be made stops the build loudly
+    if kind == "shapes":
+        arrays = make_shapes_volume(seed)
+    elif kind in ("wide", "valw", "qsmf"):
+        from .widen import make_widened_volume
+        arrays = make_widened_volume(seed, model="qsmforward" if kind == "qsmf" else "ours", size=size)
+    else:
+        arrays = make_head_volume(seed, size=size, n_lesions=n_lesions)
     _save_atomic(path, arrays)
     return name, f"{time.time() - t0:.0f} s"
 
@@ -422,7 +351,8 @@ def _seeds(spec):
 
 
 def build_cache(out_dir, heads=(), val=(), shapes=(), workers: int = 1, size: str = "full",
-                log=print, n_lesions: int | None = None):
+                log=print, n_lesions: int | None = None, wide=(), val_wide=(), qsmf=(),
+                wide_size: str = "small"):
     """Build (or complete) a cache: validation heads first, then training heads and shapes interleaved.
 
     ``n_lesions`` overrides the per-seed lesion count (10-30, :func:`head_params`) of the training
@@ -432,12 +362,16 @@ def build_cache(out_dir, heads=(), val=(), shapes=(), workers: int = 1, size: st
         if 900 <= s <= 999 and s in heads:
             raise ValueError("seeds 900-999 are reserved for validation")
     jobs = [("val", s, str(out_dir), size, None) for s in val]
-    h, sh = list(heads), list(shapes)
-    while h or sh:
+    jobs += [("valw", s, str(out_dir), wide_size, None) for s in val_wide]
+    h, sh, w = list(heads), list(shapes), list(wide)
+    while h or sh or w:
+        if w:
+            jobs.append(("wide", w.pop(0), str(out_dir), wide_size, None))
         if h:
             jobs.append(("head", h.pop(0), str(out_dir), size, n_lesions))
         if sh:
             jobs.append(("shapes", sh.pop(0), str(out_dir), size, None))
+    jobs += [("qsmf", s, str(out_dir), wide_size, None) for s in qsmf]
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if workers <= 1:
@@ -515,7 +449,7 @@ def _cache_files(cache_dir, patterns=("*.npz",)):
 
 def load_cache(cache_dir, which: str = "train", names_seen=()):
     """Load cache volumes: ``train`` = head_* + shapes_*, ``val`` = val_*. Skips ``names_seen``."""
-    pats = ("head_*.npz", "shapes_*.npz") if which == "train" else ("val_*.npz",)
+    pats = ("head_*.npz", "wide_*.npz", "shapes_*.npz") if which == "train" else ("val_*.npz",)
     vols = []
     for p in _cache_files(cache_dir, pats):
         if p.stem in names_seen:
@@ -759,6 +693,11 @@ def main(argv=None):
     ap.add_argument("--val", default="", help="validation head seeds, e.g. 900-903")
     ap.add_argument("--shapes", default="", help="random-shape volume seeds, e.g. 5000-5011")
     ap.add_argument("--size", default="full", choices=("small", "full"))
+    ap.add_argument("--wide", default="", help="widened volumes of our simulator (random acquisition, "
+                    "fibre white matter; training/widen.py), e.g. 2000-2039")
+    ap.add_argument("--val-wide", default="", help="widened validation volumes, e.g. 950-953")
+    ap.add_argument("--qsmf", default="", help="qsm-forward-model volumes (never loaded for training)")
+    ap.add_argument("--wide-size", default="small", choices=("small", "full"))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--lesions", type=int, default=None,
                     help="lesions per training head (default: 10-30, drawn per seed)")
@@ -769,7 +708,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     log = lambda m: print(m, flush=True)  # noqa: E731
     build_cache(a.out, _seeds(a.heads), _seeds(a.val), _seeds(a.shapes), a.workers, a.size,
-                log=log, n_lesions=a.lesions)
+                log=log, n_lesions=a.lesions, wide=_seeds(a.wide), val_wide=_seeds(a.val_wide),
+                qsmf=_seeds(a.qsmf), wide_size=a.wide_size)
     if a.add_lesions:
         add_lesion_masks(a.out, log=log)
     if a.predict_r2prime:

@@ -77,6 +77,8 @@ class TrainConfig:
     lesion_weight: float = 1.0           # weight of lesion voxels in the L1 term (1 = published loss)
     r2prime_key: str = "r2p"             # cache key of chi-sepnet's R2' input; r2p_pred = R2* pipeline
     snapshot_every: int = 0              # keep a model-only copy ckpt_step<N>.pt every N steps (0 = never)
+    warmup_steps: int = 0                # linear lr ramp over the first N steps (fine-tuning: RMSprop's
+                                         # empty square-average makes its first steps ~10x too large)
 
     @property
     def loss_weights(self):
@@ -320,6 +322,30 @@ def model_from_checkpoint(path, device="cpu"):
     return model, ck
 
 
+def init_checkpoint_from_weights(weights, out_dir, cfg) -> Path:
+    """Start a fine-tuning run from a weights file: ``out_dir/ckpt_last.pt`` at step 0 with the
+    weights' parameters (BatchNorm statistics included) and their normalisation, no optimiser
+    state. Refuses to overwrite an existing run (resume that instead)."""
+    import torch
+
+    from ..network.weights import load_weights
+
+    out = Path(out_dir)
+    ck = out / "ckpt_last.pt"
+    if ck.exists():
+        raise FileExistsError(f"{ck} exists: continue it with --resume, or start in an empty folder")
+    ws = load_weights(weights, kind=cfg.kind)
+    if ws.width is not None and int(ws.width) != int(cfg.width):
+        raise ValueError(f"{weights} has width {ws.width}, the run asks for --width {cfg.width}")
+    model = build_model(cfg.kind, cfg.width)
+    model.load_state_dict({k: v.float() for k, v in ws.model.state_dict().items()})
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ck, model, None, 0, cfg, {k: list(map(float, v)) for k, v in ws.norm.items()},
+                    float("inf"), -1, 0.0, extra={"init_weights": str(weights), "init_sha256": ws.sha256})
+    torch.set_num_threads(torch.get_num_threads())
+    return ck
+
+
 # --------------------------------------------------------------------------- the loop
 class _JsonLog:
     def __init__(self, path):
@@ -350,8 +376,12 @@ def _lr_at(cfg: TrainConfig, step, run_elapsed_s=0.0, t_start=0.0):
         if cfg.stop_at and t_start:
             f = max(f, (time.time() - t_start) / max(cfg.stop_at - t_start, 1.0))
         f = min(f, 1.0)
-        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * f))
-    return cfg.lr
+        lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * f))
+    else:
+        lr = cfg.lr
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        lr = lr * (step + 1) / cfg.warmup_steps
+    return lr
 
 
 class ShapesOnlySampler:
