@@ -209,12 +209,32 @@ def lbv(field, mask, voxel_size=(1.0, 1.0, 1.0), peel_mm: float = 0.0, tol: floa
     return (solve(field) * valid).astype(np.float32), valid.astype(np.uint8)
 
 
+def _dirichlet_eigenvalues(shape, vs, st):
+    """Eigenvalues of minus the stencil's Laplacian on a box of ``shape`` with zero (Dirichlet) values
+    just outside it: the stencil is diagonalised by the type-I discrete sine transform."""
+    h2 = np.asarray(vs, float) ** 2
+    e = [(2.0 * np.cos(np.pi * np.arange(1, n + 1) / (n + 1)) - 2.0).reshape([-1 if i == a else 1 for i in range(3)])
+         for a, n in enumerate(shape)]
+    lam = sum(e[i] / h2[i] for i in range(3))
+    compact = any(sum(1 for o in off if o) == 2 for off in st)
+    if compact:
+        for i in range(3):
+            for j in range(i + 1, 3):
+                lam = lam + (h2[i] + h2[j]) / (12.0 * h2[i] * h2[j]) * e[i] * e[j]
+    return -lam
+
+
 def _lbv_solver(mask, vs, stencil, tol, max_iter):
     """Assemble LBV's Dirichlet problem on ``mask`` once; return ``(solve, inner)``.
 
     ``solve(field)`` gives ``field`` minus the discrete-harmonic function with ``field``'s values on
     the mask's shell (float64, zero outside ``inner``); ``inner`` (bool) are the unknowns: voxels all
     of whose stencil neighbours lie in the mask, the rest of the mask being the one-voxel shell.
+
+    Conjugate gradients are preconditioned by the same stencil's exact inverse on the mask's bounding
+    box (zero values outside the box; a type-I sine transform, float32): it removes the smooth error
+    modes that a diagonal preconditioner leaves to hundreds of iterations (1 mm head: 202 -> 23
+    iterations to the same relative residual; solutions agree to 1e-6 of their norm).
     """
     st = laplacian_stencil(vs, stencil)
     m = np.asarray(mask) > 0
@@ -231,30 +251,38 @@ def _lbv_solver(mask, vs, stencil, tol, max_iter):
     n = int(inner_b.sum())
     if n == 0:
         return (lambda field: np.zeros(m.shape)), inner
-    ids = np.full(mb.shape, -1, np.int64)
-    ids[inner_b] = np.arange(n)
-    idx = np.argwhere(inner_b)
-    own = np.arange(n)
-    rows, cols, vals = [], [], []
-    brows, bcols, bvals = [], [], []            # Dirichlet neighbours: rhs = B @ field (box, flat)
-    diag = -st[(0, 0, 0)]                       # the matrix is minus the Laplacian (SPD)
-    for off, c in st.items():
-        if off == (0, 0, 0):
-            continue
-        nb = idx + np.asarray(off)
-        nid = ids[nb[:, 0], nb[:, 1], nb[:, 2]]
-        unknown = nid >= 0
-        rows.append(own[unknown])
-        cols.append(nid[unknown])
-        vals.append(np.full(int(unknown.sum()), -c))
-        brows.append(own[~unknown])
-        bcols.append(np.ravel_multi_index(tuple(nb[~unknown].T), mb.shape))
-        bvals.append(np.full(int((~unknown).sum()), c))
-    A = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    A = A + sparse.diags(np.full(n, diag))
-    B = sparse.csr_matrix((np.concatenate(bvals), (np.concatenate(brows), np.concatenate(bcols))),
-                          shape=(n, mb.size))
-    M = sparse.diags(np.full(n, 1.0 / diag))
+    # rows in raveled order, stencil offsets sorted by their flat displacement: every row's columns
+    # come out sorted, so the CSR arrays are written directly (no COO sort)
+    strides = np.array([mb.shape[1] * mb.shape[2], mb.shape[2], 1])
+    offs = sorted(st, key=lambda o: int(np.dot(o, strides)))
+    disp = np.array([int(np.dot(o, strides)) for o in offs], np.int64)
+    coef = np.array([st[o] for o in offs])
+    flat = np.flatnonzero(inner_b.ravel())
+    ids = np.full(mb.size, -1, np.int32)
+    ids[flat] = np.arange(n, dtype=np.int32)
+    nb_flat = flat[:, None] + disp[None, :]
+    nid = ids[nb_flat]
+    unknown = nid >= 0
+    vals = np.broadcast_to(-coef, nid.shape)               # the matrix is minus the Laplacian (SPD)
+    A = sparse.csr_matrix((vals[unknown], nid[unknown], np.concatenate([[0], np.cumsum(unknown.sum(1))])),
+                          shape=(n, n))
+    A.has_sorted_indices = True
+    known = ~unknown                                        # Dirichlet neighbours: rhs = B @ field (box, flat)
+    B = sparse.csr_matrix((np.broadcast_to(coef, nid.shape)[known], nb_flat[known],
+                           np.concatenate([[0], np.cumsum(known.sum(1))])), shape=(n, mb.size))
+    del nid, nb_flat, unknown, known
+    pshape = tuple(sfft.next_fast_len(k + 1, real=True) - 1 for k in mb.shape)  # DST-I of k uses an FFT of 2(k+1)
+    inv = (1.0 / _dirichlet_eigenvalues(pshape, vs, st)).astype(np.float32)
+    inner_p = np.zeros(pshape, bool)
+    inner_p[tuple(slice(0, k) for k in mb.shape)] = inner_b
+
+    def precond(r):
+        z = np.zeros(pshape, np.float32)
+        z[inner_p] = r
+        z = sfft.idstn(sfft.dstn(z, type=1, workers=-1, overwrite_x=True) * inv, type=1, workers=-1, overwrite_x=True)
+        return z[inner_p].astype(np.float64)
+
+    M = splinalg.LinearOperator((n, n), matvec=precond, dtype=np.float64)
 
     def solve(field):
         fb = np.asarray(field, np.float64)[sl]
