@@ -321,10 +321,12 @@ def _without_linear_trend(values, mask):
     sd = x.std(0)
     x = (x[:, sd > 0] - x.mean(0)[sd > 0]) / sd[sd > 0]          # a flat mask has no trend along its thin axis
     basis = np.column_stack([np.ones(len(x)), x])
-    q, _ = np.linalg.qr(basis)
     v = np.asarray(values, np.float64)[idx]
+    # normal equations of the (at most 4-column, centred and scaled) basis: the projection of a QR
+    # factorisation to rounding, without forming the tall Q
+    coef = np.linalg.solve(basis.T @ basis, basis.T @ v)
     out = np.zeros(m.shape)
-    out[idx] = v - q @ (q.T @ v)
+    out[idx] = v - basis @ coef
     return out
 
 
