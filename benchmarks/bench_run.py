@@ -19,6 +19,7 @@ import argparse
 import functools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -71,11 +72,12 @@ def _wrap_stages(acc):
         def make(fn, label):
             @functools.wraps(fn)
             def timed(*a, **k):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 try:
                     return fn(*a, **k)
                 finally:
                     acc[label] = acc.get(label, 0.0) + time.perf_counter() - t
+                    acc["cpu " + label] = acc.get("cpu " + label, 0.0) + time.process_time() - c
             return timed
         setattr(m, attr, make(fn, label))
 
@@ -124,16 +126,21 @@ def main():
             js = os.path.join(tmp, f"r{r}.json")
             la = os.getloadavg()[0]
             t = time.perf_counter()
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             p = subprocess.run([sys.executable, __file__, "--child", json.dumps(argv), "--json", js],
                                capture_output=True, text=True)
             wall = time.perf_counter() - t
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
             if p.returncode or not os.path.exists(js):
                 print(f"run {r + 1}: FAILED rc={p.returncode}: {p.stderr.strip().splitlines()[-3:]}")
                 continue
             res = json.load(open(js))
             walls.append(wall)
+            res["cpu_s"] = cpu_s
             runs.append(res)
-            print(f"run {r + 1}: {wall:6.2f} s wall (process, imports included; load average {la:.1f} before, "
+            print(f"run {r + 1}: {wall:6.2f} s wall, {cpu_s:6.2f} s CPU (user+sys, all threads) (process, imports "
+                  f"included; load average {la:.1f} before, "
                   f"{os.getloadavg()[0]:.1f} after)  engine {(res['engine'] or {}).get('engine')}  "
                   f"CPU: {cpu_summary(res['cpu'])}", flush=True)
     if not walls:
@@ -141,13 +148,19 @@ def main():
     med = statistics.median(walls)
     print(f"\nwhole raw -> maps: median {med:.2f} s over {len(walls)} runs (min {min(walls):.2f}, max {max(walls):.2f}); "
           f"target <= 30 s: {'met' if med <= 30 else 'MISSED'}")
-    print("where the time goes (median over runs, seconds; indented rows are parts of the row above):")
+    cpus = [r["cpu_s"] for r in runs]
+    print(f"CPU time (user+sys, all threads): median {statistics.median(cpus):.2f} s; on 2 dedicated cores the wall "
+          f"time lies between CPU/2 = {statistics.median(cpus) / 2:.2f} s (all parallel) and CPU = "
+          f"{statistics.median(cpus):.2f} s (all serial) when other processes do not slow the memory system")
+    print("where the time goes (median over runs; wall and process CPU seconds; indented rows are parts of the row above):")
     labels = ["imports"] + [s[2] for s in STAGES]
     depth = {s[2]: s[3] for s in STAGES}
     for lab in labels:
         vals = [r["stages"][lab] for r in runs if lab in r["stages"]]
+        cv = [r["stages"]["cpu " + lab] for r in runs if "cpu " + lab in r["stages"]]
         if vals:
-            print(f"  {'  ' * depth.get(lab, 0)}{lab:{34 - 2 * depth.get(lab, 0)}s} {statistics.median(vals):7.2f}")
+            cpu = f"  CPU {statistics.median(cv):7.2f}" if cv else ""
+            print(f"  {'  ' * depth.get(lab, 0)}{lab:{34 - 2 * depth.get(lab, 0)}s} {statistics.median(vals):7.2f}{cpu}")
     tot = statistics.median([r["stages"]["in-process total"] for r in runs])
     print(f"  {'in-process total':34s} {tot:7.2f}")
     print("GPU: not measured (no GPU on this machine)" if not _has_cuda() else "GPU: see bench_inference.py --only cuda")
