@@ -12,7 +12,7 @@ Networks are randomly initialised (timing and numerics of the engine only; no tr
 Targets on two CPU cores: width 32 at least 2x faster than onnxruntime fp32; the compact R2'
 pipeline under 5 s.
 
-    python benchmarks/bench_inference.py [--only w16] [--threads N]
+    python benchmarks/bench_inference.py [--only w32|w16] [--isa native|avx2] [--reps 3] [--threads N]
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ import numpy as np
 
 SHAPE = (181, 217, 181)
 SEMI = (70, 86, 66)  # ellipsoid brain, mm
+if os.environ.get("CHISEP_BENCH_SMOKE"):  # a quick check of the benchmark itself, not a measurement
+    SHAPE, SEMI = (61, 73, 61), (23, 29, 22)
 
 
 def inputs():
@@ -87,14 +89,18 @@ def child(cfg, tmp):
         ws["chisepnet"] = net
         base = rss_mb()
     # warm-up on a small volume (allocator, kernels, onnxruntime session)
-    small = tuple(slice(60, 124) for _ in range(3))
+    small = tuple(slice(max(0, n // 2 - 32), n // 2 + 32) for n in SHAPE)
+    tw = time.perf_counter()
     I.predict_chisep(ws["chisepnet"], f[small], r2p[small], q[small], mask[small], np.eye(4), device=dev, precision=prec)
+    res["prepare_s"] = time.perf_counter() - tw  # BatchNorm folding, fusion, engine probe, warm-up
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     if cfg["engine"] in ("torch", "onnxruntime"):
-        out = I.predict_chisep(ws["chisepnet"], f, r2p, q, mask, np.eye(4), device=dev, precision=prec, tile_size=tile)
+        out = I.predict_chisep(ws["chisepnet"], f, r2p, q, mask, np.eye(4), device=dev, precision=prec, tile_size=tile,
+                               max_memory_gb=cfg.get("max_memory_gb"))
+        res["engine"] = I._runner(ws["chisepnet"], dev, prec).info()
     elif cfg["engine"] == "pipeline-r2prime":
         out = I.run_chisepnet("chisepnet-r2prime", f, mask, np.eye(4), r2prime_hz=r2p, weights={"chisepnet": ws["chisepnet"]},
                               device=dev, precision=prec, tile_size=tile)
@@ -120,8 +126,15 @@ def child(cfg, tmp):
     res["peak_rss_mb"] = rss_mb()
     res["base_rss_mb"] = base
     res["precision_used"] = prec
+    res["cpu"] = I.cpu_features()
     np.save(os.path.join(tmp, cfg["name"] + ".npy"), np.stack([out["chi_para"], out["chi_dia"]]))
     print("RESULT " + json.dumps(res), flush=True)
+
+
+#: environment that emulates an AVX2-only CPU of the same machine: oneDNN, MKL and ATen's own kernels
+#: limited to AVX2 (so no AVX-512 and no bf16). onnxruntime's MLAS has its own CPU dispatch and is NOT
+#: limited by these: in the emulated class it still uses AVX-512, which favours onnxruntime.
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def main():
@@ -130,72 +143,107 @@ def main():
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
     ap.add_argument("--only", choices=["w32", "w16", "cuda"], help="run one section")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native",
+                    help="machine class: this CPU as it is, or an AVX2-only CPU emulated (see AVX2_ENV)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions, interleaved; medians reported")
+    ap.add_argument("--max-memory-gb", type=float, default=None,
+                    help="memory budget of the tiled configuration (default 1.5 with bf16, 2.0 without)")
     a = ap.parse_args()
     if a.child:
         child(json.loads(a.child), a.tmp)
         return
-    import torch
+    env = dict(os.environ, **(AVX2_ENV if a.isa == "avx2" else {}))
+    probe = subprocess.run([sys.executable, "-c", "import json; from chisep.network import inference as I; "
+                            "print(json.dumps(I.cpu_features()))"], capture_output=True, text=True, env=env)
+    feats = json.loads(probe.stdout.strip().splitlines()[-1])
+    from chisep.network.inference import cpu_summary
 
-    from chisep.network.inference import cpu_bf16_supported
-
-    bf = "bf16" if cpu_bf16_supported() else "channels_last"
+    bf16 = feats["bf16_native"]
+    tag = ("native" if a.isa == "native" else "emulated AVX2") + (", bf16" if bf16 else ", no bf16")
+    budget = a.max_memory_gb or (1.5 if bf16 else 2.0)
     cfgs = []
     for w in (32, 16):
         if a.only in (None, f"w{w}"):
-            cfgs += [
-                dict(name=f"w{w}-fp32-whole", width=w, engine="torch", precision="fp32"),
-                dict(name=f"w{w}-channels_last-whole", width=w, engine="torch", precision="channels_last"),
-                dict(name=f"w{w}-{bf}-whole", width=w, engine="torch", precision=bf),
-                dict(name=f"w{w}-{bf}-tiled96", width=w, engine="torch", precision=bf, tile=96),
-                dict(name=f"w{w}-onnxruntime-fp32-whole", width=w, engine="onnxruntime", precision="fp32"),
-            ]
+            cfgs += [dict(name=f"w{w}-fp32-whole", width=w, engine="torch", precision="fp32", ref=True)]
+            if not bf16:  # torch's own fp32 path (auto may pick onnxruntime here)
+                cfgs += [dict(name=f"w{w}-channels_last-whole", width=w, engine="torch", precision="channels_last")]
+            cfgs += [dict(name=f"w{w}-auto-whole", width=w, engine="torch", precision="auto"),
+                     dict(name=f"w{w}-auto-tiled{budget:g}GB", width=w, engine="torch", precision="auto",
+                          max_memory_gb=budget),
+                     dict(name=f"w{w}-onnxruntime-fp32-whole", width=w, engine="onnxruntime", precision="fp32")]
     if a.only in (None, "w16"):
         cfgs += [dict(name="w16-pipeline-R2prime(user QSM)-auto", width=16, engine="pipeline-r2prime-userqsm", precision="auto"),
                  dict(name="w16-pipeline-R2prime(closed-form QSM)-auto", width=16, engine="pipeline-r2prime", precision="auto"),
-                 dict(name="w16-pipeline-R2prime(QSM net)-auto", width=16, engine="pipeline-r2prime-qsmnet", precision="auto"),
                  dict(name="w16-pipeline-R2star-auto", width=16, engine="pipeline-r2star", precision="auto")]
+    import torch
+
     if torch.cuda.is_available() and a.only in (None, "cuda"):
         for w in (32, 16):
             cfgs += [dict(name=f"cuda-w{w}-fp32-whole", width=w, engine="torch", precision="fp32", device="cuda"),
                      dict(name=f"cuda-w{w}-auto-whole", width=w, engine="torch", precision="auto", device="cuda")]
-    print(f"torch {torch.__version__}, threads {a.threads or torch.get_num_threads()}, cpu bf16: {cpu_bf16_supported()}, "
-          f"volume {SHAPE} 1 mm, ellipsoid mask semi-axes {SEMI} mm; random-init nets (timing only); "
-          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    results = {}
+    print(f"machine class: {tag}; CPU: {cpu_summary(feats)}"
+          + (f"; emulated with {' '.join(f'{k}={v}' for k, v in AVX2_ENV.items())} (onnxruntime's MLAS "
+             f"ignores these and still uses AVX-512)" if a.isa == "avx2" else ""))
+    print(f"torch {torch.__version__}, volume {SHAPE} 1 mm, ellipsoid mask semi-axes {SEMI} mm; random-init nets "
+          f"(timing only); {a.reps} interleaved repetitions (fresh process each), medians; load average at start "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)", flush=True)
+    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(a.reps):
+            for c in cfgs:
+                if c.get("ref") and rep > 0:  # the fp32 reference (numerics only) runs once
+                    continue
+                if a.threads:
+                    c["threads"] = a.threads
+                p = subprocess.run([sys.executable, __file__, "--child", json.dumps(c), "--tmp", tmp],
+                                   capture_output=True, text=True, env=env)
+                line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+                if p.returncode or not line:
+                    print(f"{c['name']:44s} rep {rep + 1} FAILED rc={p.returncode}: {p.stderr.strip().splitlines()[-1:]}",
+                          flush=True)
+                    continue
+                r = json.loads(line[0][7:])
+                r["load"] = os.getloadavg()[0]
+                if rep == 0:
+                    r["npy"] = os.path.join(tmp, c["name"] + ".npy")
+                    os.replace(r["npy"], r["npy"] + ".keep.npy")
+                    r["npy"] += ".keep.npy"
+                runs.setdefault(c["name"], []).append(r)
+                print(f"  rep {rep + 1} {c['name']:44s} {r['time_s']:7.2f} s (load {r['load']:.1f})", flush=True)
+        m = inputs()[-1]
+        results = {}
+        print()
         for c in cfgs:
-            if a.threads:
-                c["threads"] = a.threads
-            p = subprocess.run([sys.executable, __file__, "--child", json.dumps(c), "--tmp", tmp],
-                               capture_output=True, text=True)
-            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-            if p.returncode or not line:
-                print(f"{c['name']:48s} FAILED rc={p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
+            rs = runs.get(c["name"])
+            if not rs:
                 continue
-            r = json.loads(line[0][7:])
-            results[c["name"]] = r
-            ref = os.path.join(tmp, f"{c['name'].split('-')[0]}-fp32-whole.npy")
-            if c["name"].startswith("cuda"):
-                ref = os.path.join(tmp, f"w{c['width']}-fp32-whole.npy")
+            med = float(np.median([r["time_s"] for r in rs]))
+            r0 = rs[0]
+            results[c["name"]] = med
+            ref = runs.get(f"w{c['width']}-fp32-whole")
             err = ""
-            if os.path.exists(ref) and "pipeline" not in c["name"]:
+            if ref and "pipeline" not in c["name"]:
+                x, y = np.load(r0["npy"]), np.load(ref[0]["npy"])
                 from chisep.metrics import nrmse
-                m = inputs()[-1]
-                x, y = np.load(os.path.join(tmp, c["name"] + ".npy")), np.load(ref)
-                err = f"  NRMSE vs fp32: para {nrmse(x[0], y[0], m):.3f} %, dia {nrmse(x[1], y[1], m):.3f} %"
-            gpu = f", GPU peak {r['gpu_peak_mb']:.0f} MiB" if "gpu_peak_mb" in r else ""
+                err = f"  NRMSE vs fp32: para {nrmse(x[0], y[0], m):.4f} %, dia {nrmse(x[1], y[1], m):.4f} %"
+            eng = (r0.get("engine") or {}).get("engine", "")
             extra = ""
-            if "timings_s" in r:
-                extra = "  [" + ", ".join(f"{k} {v:.2f}" for k, v in r["timings_s"].items()) + "]"
-            print(f"{c['name']:48s} {r['time_s']:7.2f} s  peak RSS {r['peak_rss_mb']:6.0f} MiB "
-                  f"(+{r['peak_rss_mb'] - r['base_rss_mb']:.0f} over baseline){gpu}{err}{extra}", flush=True)
+            if "timings_s" in r0:
+                extra = "  [" + ", ".join(f"{k} {v:.2f}" for k, v in r0["timings_s"].items()) + "]"
+            print(f"{c['name']:40s} {med:7.2f} s (median of {len(rs)}: {', '.join('%.1f' % r['time_s'] for r in rs)})"
+                  f"  peak RSS {r0['peak_rss_mb']:5.0f} MiB (+{r0['peak_rss_mb'] - r0['base_rss_mb']:.0f})"
+                  f"  engine {eng or c['engine']}{err}{extra}  [{tag}]", flush=True)
     for w in (32, 16):
         o = results.get(f"w{w}-onnxruntime-fp32-whole")
-        best = min((r["time_s"], n) for n, r in results.items() if n.startswith(f"w{w}-") and "onnx" not in n
-                   and "pipeline" not in n) if o else None
-        if o and best:
-            print(f"width {w}: fastest torch ({best[1]}) {best[0]:.2f} s vs onnxruntime fp32 {o['time_s']:.2f} s "
-                  f"-> {o['time_s'] / best[0]:.2f}x")
+        au, wh = results.get(f"w{w}-auto-whole"), None
+        if o and au:
+            print(f"width {w}: auto whole {au:.2f} s vs onnxruntime fp32 {o:.2f} s -> {o / au:.2f}x  [{tag}; {cpu_summary(feats)}]")
+        for n, t in results.items():
+            if n.startswith(f"w{w}-auto-tiled") and au:
+                print(f"width {w}: {n} {t:.2f} s vs whole {au:.2f} s -> {t / au:.2f}x of whole  [{tag}]")
+    for n in ("cuda-w32-auto-whole", "cuda-w16-auto-whole"):
+        if n not in results:
+            print(f"{n}: not measured (no CUDA device on this machine)")
 
 
 if __name__ == "__main__":

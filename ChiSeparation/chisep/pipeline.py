@@ -193,6 +193,7 @@ def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device
         report["weights"] = res.get("weights_info")
         report["device"] = res.get("device")
         report["precision"] = res.get("precision")
+        report["engine"] = res.get("engine")  # engine chosen for this machine, with the CPU's features
     else:
         from . import regularized as R
         opts = dict(regularized_options or {})

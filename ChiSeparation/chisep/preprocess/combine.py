@@ -24,18 +24,23 @@ def combine_echoes(unwrapped, mag, te_s, mask, phase_sign: int = 1):
         field noise (sqrt(sum_e (TE_e m_e)^2)), scaled by its 99th percentile in the mask.
     """
     te = np.asarray(te_s, float)
-    w = _echo_weights(mag, te)
-    num = np.sum(w * unwrapped / (2 * np.pi * te), axis=-1)
+    m = np.asarray(mask) > 0
+    field = np.zeros(m.shape, np.float32)
+    weight = np.zeros(m.shape, np.float32)
+    if not m.any():
+        return field, weight
+    # both maps are zero outside the mask: fit only its voxels (same arithmetic per voxel)
+    w = _echo_weights(np.asarray(mag)[m], te)
+    num = np.sum(w * np.asarray(unwrapped)[m] / (2 * np.pi * te), axis=-1)
     den = np.sum(w, axis=-1)
-    m = mask > 0
-    field = np.where(m & (den > 0), num / np.where(den > 0, den, 1.0), 0.0) * float(phase_sign)
+    field[m] = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0) * float(phase_sign)
     rel = np.sqrt(den)
-    scale = np.percentile(rel[m], 99) if m.any() else 1.0
-    weight = np.clip(rel / max(scale, 1e-12), 0, 1) * m
-    return field.astype(np.float32), weight.astype(np.float32)
+    scale = np.percentile(rel, 99)
+    weight[m] = np.clip(rel / max(scale, 1e-12), 0, 1)
+    return field, weight
 
 
-def echo_fit_residual(unwrapped, mag, te_s, field_hz, phase_sign: int = 1):
+def echo_fit_residual(unwrapped, mag, te_s, field_hz, phase_sign: int = 1, mask=None):
     """Weighted RMS (Hz) of the per-echo fields ``phi_e / (2 pi TE_e)`` about the combined field.
 
     Small (noise, ~0.1-0.3 Hz at SNR 100) where the phase grows linearly with TE; large where it
@@ -46,12 +51,20 @@ def echo_fit_residual(unwrapped, mag, te_s, field_hz, phase_sign: int = 1):
     ----------
     unwrapped : (X, Y, Z, E) unwrapped phases (rad, phi0 removed). mag : (X, Y, Z, E) magnitudes.
     te_s : (E,) echo times (s). field_hz : (X, Y, Z) the combined field from :func:`combine_echoes`.
+    mask : optional (X, Y, Z): compute only there (0 elsewhere).
 
     Returns
     -------
     (X, Y, Z) float32, Hz (0 where all weights vanish).
     """
     te = np.asarray(te_s, float)
+    if mask is not None:  # only in the mask (0 elsewhere): same arithmetic per voxel
+        m = np.asarray(mask) > 0
+        out = np.zeros(m.shape, np.float32)
+        if m.any():
+            out[m] = echo_fit_residual(np.asarray(unwrapped)[m], np.asarray(mag)[m], te, np.asarray(field_hz)[m],
+                                       phase_sign)
+        return out
     w = _echo_weights(mag, te)
     fe = np.asarray(unwrapped, np.float64) / (2 * np.pi * te) * float(phase_sign)
     den = np.sum(w, axis=-1)

@@ -83,7 +83,19 @@ def reliable_mask(mask, reliable) -> np.ndarray:
     of ``mask & reliable`` with its holes filled (unreliable voxels inside the brain, e.g. in veins,
     stay; those on the surface, e.g. next to the sinuses, go). Returns uint8."""
     m = (np.asarray(mask) > 0) & np.asarray(reliable, bool)
-    return ndi.binary_fill_holes(largest_component(m)).astype(np.uint8)
+    out = np.zeros(m.shape, np.uint8)
+    sl = _bbox(m, 1)
+    if sl is not None:  # labelling and hole filling in the bounding box (+1 voxel): the same result
+        out[sl] = ndi.binary_fill_holes(largest_component(m[sl]))
+    return out
+
+
+def _bbox(m, margin):
+    """Slices of ``m``'s bounding box grown by ``margin`` voxels (clipped), or None when ``m`` is empty."""
+    idx = [np.flatnonzero(np.any(m, axis=tuple(b for b in range(m.ndim) if b != a))) for a in range(m.ndim)]
+    if any(i.size == 0 for i in idx):
+        return None
+    return tuple(slice(max(int(i[0]) - margin, 0), min(int(i[-1]) + margin + 1, n)) for i, n in zip(idx, m.shape))
 
 
 def partial_volume_surface(mask, magnitude, ratio: float = 0.9) -> np.ndarray:
@@ -107,10 +119,16 @@ def partial_volume_surface(mask, magnitude, ratio: float = 0.9) -> np.ndarray:
     (X, Y, Z) bool.
     """
     m = np.asarray(mask) > 0
-    inner = ndi.binary_erosion(m, ndi.generate_binary_structure(3, 2))
-    mag = np.asarray(magnitude, np.float32)
+    out = np.zeros(m.shape, bool)
+    sl = _bbox(m, 2)  # erosion and 3x3x3 filter need one voxel beyond the mask; computed in its box
+    if sl is None:
+        return out
+    mb = m[sl]
+    inner = ndi.binary_erosion(mb, ndi.generate_binary_structure(3, 2))
+    mag = np.asarray(magnitude, np.float32)[sl]
     ref = ndi.maximum_filter(np.where(inner, mag, 0), size=3)
-    return m & ~inner & (ref > 0) & (mag < float(ratio) * ref)
+    out[sl] = mb & ~inner & (ref > 0) & (mag < float(ratio) * ref)
+    return out
 
 
 def lbv_boundary_mask(mask, magnitude, ratio: float = 0.9) -> np.ndarray:

@@ -109,7 +109,7 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
     field_hz, weight = combine_echoes(unw, mag, te, mask, phase_sign)
     bg_mask = mask
     if max_fit_residual_hz is not None:
-        resid = echo_fit_residual(unw, mag, te, field_hz, phase_sign)
+        resid = echo_fit_residual(unw, mag, te, field_hz, phase_sign, mask=mask)
         bg_mask = reliable_mask(mask, resid <= float(max_fit_residual_hz))
         if bg_mask.sum() < 0.5 * mask.sum():   # a poor fit almost everywhere: keep the mask as it is
             bg_mask = mask
