@@ -153,7 +153,10 @@ def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: st
     s = mag * np.exp(1j * phase)
     if len(te) < 2:
         raise ValueError("temporal unwrapping needs at least two echoes")
-    d01 = np.angle(s[..., 1] * np.conj(s[..., 0]))
+    # bipolar readouts: odd and even echoes carry different offsets, so the first frequency estimate
+    # comes from two echoes of the same polarity (1 and 3)
+    e1 = 2 if (bipolar and len(te) >= 3) else 1
+    d01 = np.angle(s[..., e1] * np.conj(s[..., 0]))
     if method == "laplacian":
         # unmasked: zeroing outside the mask would add artificial wraps at its border
         d_unw = make_congruent(unwrap_laplacian(d01, voxel_size), d01, m) * m
@@ -166,7 +169,7 @@ def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: st
     # remove the global 2 pi k ambiguity: the field averaged over the brain is small
     k = np.round(np.median(d_unw[m]) / (2 * np.pi)) if m.any() else 0
     d_unw = d_unw - 2 * np.pi * k
-    omega = d_unw / (te[1] - te[0])                   # rad/s
+    omega = d_unw / (te[e1] - te[0])                  # rad/s
     phi0 = np.angle(s[..., 0] * np.exp(-1j * omega * te[0]))
     if phi0_smooth_mm and phi0_smooth_mm > 0:
         phi0 = smooth_phase(phi0, np.abs(s[..., 0]) * m, voxel_size, phi0_smooth_mm)
