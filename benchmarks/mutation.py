@@ -261,7 +261,13 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results_mutation_cpu.txt"))
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--maxfail", type=int, default=1, help="pytest --maxfail for the wider set (P*: 3)")
+    ap.add_argument("--report-from-log", metavar="LOG",
+                    help="write the report from the per-mutant lines this script printed (an interrupted run)")
     args = ap.parse_args(argv)
+    if args.report_from_log:
+        results = results_from_log(Path(args.report_from_log).read_text())
+        write_report(results, args, sum(r["seconds"] for r in results))
+        return 0
     ids = args.only.split(",") if args.only else list(MUTANTS)
     results = []
     t_all = time.time()
@@ -275,6 +281,23 @@ def main(argv=None):
                   f"{res['desc']}  {res['failed'][:3]}", flush=True)
     write_report(results, args, time.time() - t_all)
     return 0
+
+
+def results_from_log(text: str) -> list:
+    """The per-mutant lines printed by :func:`main` (``ID KILLED|SURVIVED  S s  desc  [failed]``)."""
+    import ast
+    import re
+
+    out = []
+    for ln in text.splitlines():
+        mo = re.match(r"^(\w+)\s+(KILLED|SURVIVED)\s+([\d.]+) s\s+(.*?)\s+(\[.*\])$", ln)
+        if not mo or mo.group(1) not in MUTANTS:
+            continue
+        mid = mo.group(1)
+        out.append({"id": mid, "area": MUTANTS[mid][0], "desc": MUTANTS[mid][1],
+                    "killed": mo.group(2) == "KILLED", "seconds": float(mo.group(3)),
+                    "failed": ast.literal_eval(mo.group(5)), "tail": "", "rc": None})
+    return out
 
 
 def write_report(results, args, total_s):
