@@ -101,7 +101,7 @@ MUTANTS = {
     "M9": ("physics", "closed-form QSM sign flipped",
            [("qsm.py", "filt = np.where(den > 1e-12, kg.D / den, 0.0)", "filt = np.where(den > 1e-12, -kg.D / den, 0.0)")],
            T_PHYS),
-    "M10": ("physics", "regularized default Dr at 3 T instead of the given B0 ... uses 114",
+    "M10": ("physics", "regularized default Dr = 114 Hz/ppm instead of the conventional Dr(B0)",
             [("regularized.py", "dr_pos = physics.dr_conventional(b0_t)", "dr_pos = physics.DR_CHISEPNET")], T_PHYS),
     "M11": ("physics", "R2' = R2* - R2/2",
             [("physics.py", "return np.maximum(np.asarray(r2star_hz) - np.asarray(r2_hz), 0.0)",
