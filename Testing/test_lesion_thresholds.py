@@ -145,3 +145,30 @@ def test_classify_rule_at_the_boundaries():
     assert L.classify(0.0049, 9.0, 2.0, 0.005) == "iso"
     loc, sc = L.location_scale(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
     assert loc == 3.0 and sc == pytest.approx(1.4826 * 1.0)
+
+
+def test_shell_reference_is_the_ring_between_its_radii():
+    """Without a WM mask the reference is the ring 2 < d <= 5 mm around each lesion (distances between
+    voxel centres). Voxels closer than 2 mm (partial volume, oedema) hold a very different value and
+    must not enter the reference; the ring holds a known sample whose median/1.4826 MAD are computed
+    here."""
+    n = 32
+    c = np.array([16, 16, 16])
+    idx = np.indices((n, n, n)).transpose(1, 2, 3, 0)
+    lesion = np.all(np.abs(idx - c) <= 1, axis=-1)                       # 3x3x3 cube
+    from scipy import ndimage as ndi
+    d = ndi.distance_transform_edt(~lesion)
+    rng = np.random.default_rng(5)
+    chi = np.zeros((n, n, n))
+    near = (d > 0) & (d <= 2.0)
+    ring = (d > 2.0) & (d <= 5.0)
+    chi[near] = 0.5                                                       # far off: must be excluded
+    chi[ring] = rng.normal(0.02, 0.01, ring.sum())
+    loc, sc = _hand_ref(chi[ring])
+    chi[lesion] = loc + 2.05 * sc
+    brain = np.ones((n, n, n), bool)
+    row = L.lesion_statistics({"chi_para": chi}, lesion.astype(np.uint8), np.eye(4), brain_mask=brain,
+                              exclusion_mm=0.0)[0]
+    assert row["reference"] == "shell" and row["ref_n_voxels"] == int(ring.sum())
+    assert row["chi_para_ref_median"] == pytest.approx(loc, abs=1e-12)
+    assert row["chi_para_z"] == pytest.approx(2.05, abs=1e-6) and row["chi_para_class"] == "hyper"

@@ -211,8 +211,11 @@ MUTANTS = {
 
 #: why a surviving mutant is harmless (or what it tells us); filled in after a run
 SURVIVOR_NOTES = {
-    "L6": "equivalent: distances between voxel centres are sqrt(integer) mm, never exactly 1.5, so <= and < "
-          "select the same voxels at the default rim width",
+    "R8": "harmless for the outputs: a wrong global 2 pi k in the echo 1-2 difference shifts omega by "
+          "2 pi k / dTE; phi0 absorbs it at TE1 and later echoes move by 2 pi k (TE_e - TE1) / dTE, an integer "
+          "number of cycles for equally spaced echoes, i.e. a constant field offset of k / dTE Hz, which every "
+          "background removal (harmonic) takes out of the local field. Only total_field_hz keeps the offset; on "
+          "the simulated heads |median field| << 1 / (2 dTE) = 83 Hz, so k = 0 there anyway",
 }
 
 
