@@ -300,7 +300,10 @@ def results_from_log(text: str) -> list:
         out.append({"id": mid, "area": MUTANTS[mid][0], "desc": MUTANTS[mid][1],
                     "killed": mo.group(2) == "KILLED", "seconds": float(mo.group(3)),
                     "failed": ast.literal_eval(mo.group(5)), "tail": "", "rc": None})
-    return out
+    # several logs concatenated (runs split over processes, a mutant re-run after a new test): the last
+    # line of each mutant counts, in the table's order
+    last = {r["id"]: r for r in out}
+    return [last[m] for m in MUTANTS if m in last]
 
 
 def write_report(results, args, total_s):
