@@ -227,8 +227,10 @@ def copy_tree(dst: Path):
             shutil.copy2(ROOT / f, dst / f)
 
 
-def run_mutant(tree: Path, mid: str, timeout: float, maxfail: int):
+def run_mutant(tree: Path, mid: str, timeout: float, maxfail: int, first=None):
     area, desc, edits, tests = MUTANTS[mid]
+    if first and first in tests:
+        tests = [first] + [t for t in tests if t != first]
     originals = {}
     try:
         for rel, old, new in edits:
@@ -264,6 +266,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results_mutation_cpu.txt"))
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--maxfail", type=int, default=1, help="pytest --maxfail for the wider set (P*: 3)")
+    ap.add_argument("--first", metavar="TESTFILE", help="run this test file first for every mutant that "
+                    "lists it (a kill then comes sooner; the verdict is the same)")
     ap.add_argument("--report-from-log", metavar="LOG",
                     help="write the report from the per-mutant lines this script printed (an interrupted run)")
     args = ap.parse_args(argv)
@@ -278,7 +282,7 @@ def main(argv=None):
         tree = Path(d)
         copy_tree(tree)
         for mid in ids:
-            res = run_mutant(tree, mid, args.timeout, 3 if mid.startswith("P") else args.maxfail)
+            res = run_mutant(tree, mid, args.timeout, 3 if mid.startswith("P") else args.maxfail, args.first)
             results.append(res)
             print(f"{mid:4s} {'KILLED ' if res['killed'] else 'SURVIVED'} {res['seconds']:7.1f} s  "
                   f"{res['desc']}  {res['failed'][:3]}", flush=True)
