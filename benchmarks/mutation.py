@@ -211,6 +211,11 @@ MUTANTS = {
 
 #: why a surviving mutant is harmless (or what it tells us); filled in after a run
 SURVIVOR_NOTES = {
+    "R10": "NOT harmless, a gap: on straight heads (B0 along the third axis, the only PDF end-to-end test) "
+           "the mutant is equivalent; on an oblique small head (tilt 25 deg) PDF's local-field NRMSE is 61 % "
+           "with the right B0 direction and 60 % with the wrong one (V-SHARP 56 %: the small oblique block is "
+           "hard for every method), so no bound there separates them. Needs an oblique analytic PDF test "
+           "(sources outside a mask, closed-form sphere fields). The run timed out under load (no failure in 900 s)",
     "R8": "harmless for the outputs: a wrong global 2 pi k in the echo 1-2 difference shifts omega by "
           "2 pi k / dTE; phi0 absorbs it at TE1 and later echoes move by 2 pi k (TE_e - TE1) / dTE, an integer "
           "number of cycles for equally spaced echoes, i.e. a constant field offset of k / dTE Hz, which every "
@@ -249,11 +254,13 @@ def run_mutant(tree: Path, mid: str, timeout: float, maxfail: int, first=None):
         try:
             r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
             rc, out = r.returncode, r.stdout + r.stderr
-        except subprocess.TimeoutExpired as e:
-            rc, out = -9, f"timeout after {timeout} s"
+        except subprocess.TimeoutExpired:
+            rc, out = None, f"timeout after {timeout} s"
         dt = time.time() - t0
         failed = [ln.split(" ", 1)[1].split(" - ")[0] for ln in out.splitlines() if ln.startswith("FAILED ")]
-        return {"id": mid, "area": area, "desc": desc, "killed": rc != 0, "rc": rc, "seconds": round(dt, 1),
+        # a timeout is no verdict (no test failed in the time given): counted as NOT killed
+        return {"id": mid, "area": area, "desc": desc, "killed": rc not in (0, None), "timeout": rc is None,
+                "rc": rc, "seconds": round(dt, 1),
                 "failed": failed, "tail": out.strip().splitlines()[-1] if out.strip() else ""}
     finally:
         for p, text in originals.items():
@@ -284,7 +291,8 @@ def main(argv=None):
         for mid in ids:
             res = run_mutant(tree, mid, args.timeout, 3 if mid.startswith("P") else args.maxfail, args.first)
             results.append(res)
-            print(f"{mid:4s} {'KILLED ' if res['killed'] else 'SURVIVED'} {res['seconds']:7.1f} s  "
+            verdict = "TIMEOUT " if res["timeout"] else ("KILLED  " if res["killed"] else "SURVIVED")
+            print(f"{mid:4s} {verdict} {res['seconds']:7.1f} s  "
                   f"{res['desc']}  {res['failed'][:3]}", flush=True)
     write_report(results, args, time.time() - t_all)
     return 0
@@ -297,13 +305,16 @@ def results_from_log(text: str) -> list:
 
     out = []
     for ln in text.splitlines():
-        mo = re.match(r"^(\w+)\s+(KILLED|SURVIVED)\s+([\d.]+) s\s+(.*?)\s+(\[.*\])$", ln)
+        mo = re.match(r"^(\w+)\s+(KILLED|SURVIVED|TIMEOUT)\s+([\d.]+) s\s+(.*?)\s+(\[.*\])$", ln)
         if not mo or mo.group(1) not in MUTANTS:
             continue
         mid = mo.group(1)
+        failed = ast.literal_eval(mo.group(5))
+        # older runs printed a timeout as KILLED with no failing test
+        timeout = mo.group(2) == "TIMEOUT" or (mo.group(2) == "KILLED" and not failed)
         out.append({"id": mid, "area": MUTANTS[mid][0], "desc": MUTANTS[mid][1],
-                    "killed": mo.group(2) == "KILLED", "seconds": float(mo.group(3)),
-                    "failed": ast.literal_eval(mo.group(5)), "tail": "", "rc": None})
+                    "killed": mo.group(2) == "KILLED" and not timeout, "timeout": timeout,
+                    "seconds": float(mo.group(3)), "failed": failed, "tail": "", "rc": None})
     # several logs concatenated (runs split over processes, a mutant re-run after a new test): the last
     # line of each mutant counts, in the table's order
     last = {r["id"]: r for r in out}
@@ -336,7 +347,9 @@ def write_report(results, args, total_s):
     lines.append("")
     lines.append("## Every mutant")
     for r in results:
-        lines.append(f"- {r['id']} [{r['area']}] {r['desc']}: {'killed' if r['killed'] else 'SURVIVED'} "
+        v = "TIMEOUT (no test failed in the time given)" if r.get("timeout") else \
+            ("killed" if r["killed"] else "SURVIVED")
+        lines.append(f"- {r['id']} [{r['area']}] {r['desc']}: {v} "
                      f"in {r['seconds']} s; first failing: {r['failed'][0] if r['failed'] else '-'}")
     surv = [r for r in results if not r["killed"]]
     lines.append("")
