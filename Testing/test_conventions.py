@@ -245,3 +245,18 @@ def test_dicom_folders_through_run(head3t, tmp_path):
         a, b = on_head(k), _load(ref / f"{k}.nii.gz")
         mm = m & (_load(ref / "mask.nii.gz") > 0)
         assert _nrmse(a, b, mm) < 5.0, k
+
+
+def test_integer_nifti_phase_to_radians_absolute_values():
+    """Scanner integer phase in NIfTI files (unsigned 0..4095 and signed -4096..4095) maps linearly onto
+    [-pi, pi): hand-computed values at the ends and the middle."""
+    from chisep.preprocess.inputs import phase_to_radians
+
+    u = np.array([0, 1024, 2048, 3072, 4095], np.uint16).astype(np.float64)
+    np.testing.assert_allclose(phase_to_radians(u), [-np.pi, -np.pi / 2, 0.0, np.pi / 2, np.pi - 2 * np.pi / 4096],
+                               atol=1e-6)
+    s = np.array([-4096, -2048, 0, 2048, 4095], np.float64)
+    np.testing.assert_allclose(phase_to_radians(s), [-np.pi, -np.pi / 2, 0.0, np.pi / 2, np.pi * 4095 / 4096],
+                               atol=1e-6)
+    r = np.array([-3.0, 0.5, 3.1])
+    np.testing.assert_allclose(phase_to_radians(r), r, atol=1e-7)            # radians kept

@@ -305,11 +305,11 @@ def results_from_log(text: str) -> list:
 
     out = []
     for ln in text.splitlines():
-        mo = re.match(r"^(\w+)\s+(KILLED|SURVIVED|TIMEOUT)\s+([\d.]+) s\s+(.*?)\s+(\[.*\])$", ln)
-        if not mo or mo.group(1) not in MUTANTS:
+        mo = re.match(r"^(\w+)\s+(KILLED|SURVIVED|TIMEOUT)\s+([\d.]+) s\s+(.*)$", ln)
+        if not mo or mo.group(1) not in MUTANTS or not mo.group(4).startswith(MUTANTS[mo.group(1)][1]):
             continue
         mid = mo.group(1)
-        failed = ast.literal_eval(mo.group(5))
+        failed = ast.literal_eval(mo.group(4)[len(MUTANTS[mid][1]):].strip())
         # older runs printed a timeout as KILLED with no failing test
         timeout = mo.group(2) == "TIMEOUT" or (mo.group(2) == "KILLED" and not failed)
         out.append({"id": mid, "area": MUTANTS[mid][0], "desc": MUTANTS[mid][1],
