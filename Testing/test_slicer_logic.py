@@ -549,7 +549,8 @@ def test_runner_cancel_stops_process_group_and_leaves_nothing(tmp_path):
     assert _alive(child) and _alive(r.proc.pid)
     t1 = time.time()
     assert r.cancel() == bgr.CANCELLED
-    assert time.time() - t1 < 6
+    # cancel must not wait for the script (it sleeps 120 s): a generous bound that still catches that
+    assert time.time() - t1 < 60
     assert not _alive(r.proc.pid)
     for _ in range(50):
         if not _alive(child):
@@ -575,7 +576,7 @@ def test_real_chisep_run_in_background_and_loaded(tmp_path, scene):
     r = bgr.ChisepRunner(bgr.chisep_command(params), tmp_path / "maps").start()
     fractions = []
     t0 = time.time()
-    while r.state == bgr.RUNNING and time.time() - t0 < 120:
+    while r.state == bgr.RUNNING and time.time() - t0 < 600:   # a hang detector, not a speed test
         fractions += [f for f, _ in r.poll() if f is not None]
         time.sleep(0.05)
     assert r.state == bgr.SUCCEEDED, r.error

@@ -157,8 +157,11 @@ def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: st
     m = mask > 0
     if len(te) < 2:
         raise ValueError("temporal unwrapping needs at least two echoes")
-    s0 = mag[..., 0] * np.exp(1j * phase[..., 0])   # only the first two echoes are needed as complex
-    d01 = np.angle(mag[..., 1] * np.exp(1j * phase[..., 1]) * np.conj(s0))
+    s0 = mag[..., 0] * np.exp(1j * phase[..., 0])   # only two echoes are needed as complex
+    # bipolar readouts: odd and even echoes carry different offsets, so the first frequency estimate
+    # comes from two echoes of the same polarity (1 and 3)
+    e1 = 2 if (bipolar and len(te) >= 3) else 1
+    d01 = np.angle(mag[..., e1] * np.exp(1j * phase[..., e1]) * np.conj(s0))
     if method == "laplacian":
         # unmasked: zeroing outside the mask would add artificial wraps at its border
         d_unw = make_congruent(unwrap_laplacian(d01, voxel_size), d01, m) * m
@@ -171,7 +174,7 @@ def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: st
     # remove the global 2 pi k ambiguity: the field averaged over the brain is small
     k = np.round(np.median(d_unw[m]) / (2 * np.pi)) if m.any() else 0
     d_unw = d_unw - 2 * np.pi * k
-    omega = d_unw / (te[1] - te[0])                   # rad/s
+    omega = d_unw / (te[e1] - te[0])                  # rad/s
     phi0 = np.angle(s0 * np.exp(-1j * omega * te[0]))
     if phi0_smooth_mm and phi0_smooth_mm > 0:
         phi0 = smooth_phase(phi0, np.abs(s0) * m, voxel_size, phi0_smooth_mm)

@@ -111,9 +111,9 @@ def pick_device(name="auto"):
 
 
 # --------------------------------------------------------------------------- batches
-#: cache key of each network channel
-_SRC = {"qsm": "qsm", "field": "field", "r2prime_over_dr": "r2p", "r2star_over_dr": "r2s",
-        "chi_para": "para", "chi_dia": "dia"}
+#: cache key of each channel: the one table of :mod:`chisep.training.data` (also used to compute the
+#: normalisation constants), so the z-scored inputs and the constants always name the same maps
+_SRC = D.NORM_SOURCE
 
 
 def _sources(kind: str, r2prime_key: str = "r2p") -> dict:
