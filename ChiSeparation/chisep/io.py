@@ -137,6 +137,36 @@ def write_json(path, obj) -> Path:
     return path
 
 
+def _tsv_cell(v) -> str:
+    """One TSV cell in the BIDS convention: ``n/a`` for missing or non-finite, 1/0 for booleans."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, (bool, np.bool_)):
+        return "1" if v else "0"
+    if isinstance(v, (float, np.floating)):
+        return "n/a" if not np.isfinite(v) else f"{float(v):.6g}"
+    return str(v).replace("\t", " ")
+
+
+def write_tsv(path, cols, rows) -> Path:
+    """Write rows (dicts) as a tab-separated table with the header ``cols``, atomically; missing keys
+    and non-finite numbers are ``n/a``. The file follows the umask."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".tsv", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\t".join(cols) + "\n")
+            for r in rows:
+                fh.write("\t".join(_tsv_cell(r.get(c)) for c in cols) + "\n")
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError, load_nifti
+from ..io import InputError, load_nifti, write_tsv
 from .layout import find_jobs, output_paths
 from .subject import roi_key
 
@@ -26,24 +26,6 @@ MAPS = (("chi_para", "ppm"), ("chi_dia", "ppm"), ("chi_total", "ppm"), ("r2prime
 ROIS = ("caudate", "putamen", "globus_pallidus", "thalamus", "substantia_nigra", "red_nucleus",
         "dentate", "white_matter", "brain")
 SUBTYPES = ("iron", "demyelinated", "both", "neither", "other", "unclassified")
-
-
-def _write_tsv(path: Path, cols: list, rows: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".tsv", dir=path.parent)
-
-    def fmt(v):
-        if v is None or (isinstance(v, float) and not np.isfinite(v)):
-            return "n/a"
-        if isinstance(v, float):
-            return f"{v:.6g}"
-        return str(v)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\t".join(cols) + "\n")
-        for r in rows:
-            fh.write("\t".join(fmt(r.get(c)) for c in cols) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def read_tsv(path) -> list:
@@ -195,11 +177,11 @@ def run_group(out_root, bids_dir, participant_label=None, session_label=None) ->
     for r in roi_rows:
         cols += [k for k in r if k not in cols]
     gdir = out_root / "group"
-    roi_path = _write_tsv(gdir / "group_roi_means.tsv", cols, roi_rows)
+    roi_path = write_tsv(gdir / "group_roi_means.tsv", cols, roi_rows)
     lcols = ["participant_id", "session_id"]
     for r in lesion_rows:
         lcols += [k for k in r if k not in lcols]
-    les_path = _write_tsv(gdir / "group_lesions.tsv", lcols, lesion_rows)
+    les_path = write_tsv(gdir / "group_lesions.tsv", lcols, lesion_rows)
     fig_path = qc_figure(fig_rows, gdir / "group_qc.png")
     return {"n_subjects": len(fig_rows), "n_lesions": len(lesion_rows), "roi_sources": sources,
             "roi_table": roi_path, "lesion_table": les_path, "figure": fig_path, "rows": roi_rows}

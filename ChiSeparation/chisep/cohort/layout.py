@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..io import InputError
+from ..io import InputError, file_sha256
 
 #: BIDS entity keys in the specification's order (the subset a file name of ours can carry)
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part", "space",
@@ -159,21 +159,13 @@ def dataset_description(bids_dir, version: str, options: Optional[dict] = None) 
 
 
 # --------------------------------------------------------------------------- hashing
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_hash(job: Job, options: dict, weights_sha256: dict, version: str) -> str:
     """SHA-256 over the job's input files (names and contents), the options, the weights' SHA-256
     and the chisep version: the outputs of a job are reused only when this is unchanged."""
     h = hashlib.sha256()
     for f in sorted(job.inputs(), key=lambda p: Path(p).name):
         h.update(Path(f).name.encode())
-        h.update(sha256_file(f).encode())
+        h.update(file_sha256(f).encode())
     h.update(json.dumps(options, sort_keys=True, default=str).encode())
     h.update(json.dumps(weights_sha256, sort_keys=True).encode())
     h.update(version.encode())

@@ -92,31 +92,14 @@ def _on_grid(path, shape, affine, what):
 
 def write_lesion_tsv(rows: list, path, map_names=("chi_para", "chi_dia", "chi_total", "r2prime")) -> Path:
     """The lesion table (columns of :func:`chisep.lesions.table_columns`) as TSV, atomically."""
-    import tempfile
-
+    from ..io import write_tsv
     from ..lesions import table_columns
 
     cols = table_columns([m for m in map_names if not rows or f"{m}_mean" in rows[0]])
     for r in rows:
         cols += [k for k in r if k not in cols and not isinstance(r[k], (dict, list))]
 
-    def fmt(v):
-        if v is None:
-            return "n/a"
-        if isinstance(v, (bool, np.bool_)):
-            return "1" if v else "0"
-        if isinstance(v, (float, np.floating)):
-            return "n/a" if not np.isfinite(v) else f"{float(v):.6g}"
-        return str(v).replace("\t", " ")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".tsv", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\t".join(cols) + "\n")
-        for r in rows:
-            fh.write("\t".join(fmt(r.get(c)) for c in cols) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_tsv(path, cols, rows)
 
 
 def process_job(job, out_root, options: dict, run_hash: str, version: str) -> dict:

@@ -84,7 +84,7 @@ def _options(args, has_se: bool) -> dict:
 
 def weights_fingerprint(method: str, weights=None) -> dict:
     """SHA-256 of the weight files ``method`` will use (empty for the regularized method)."""
-    from ..cohort.layout import sha256_file
+    from ..io import file_sha256
 
     if method == "regularized":
         return {}
@@ -92,19 +92,19 @@ def weights_fingerprint(method: str, weights=None) -> dict:
 
     out = {}
     if weights:
-        out["chisepnet"] = sha256_file(weights)
+        out["chisepnet"] = file_sha256(weights)
     elif method == "chisepnet-r2star" and (builtin_weights_dir() / BUILTIN_R2STAR_CHISEPNET).is_file():
-        out["chisepnet"] = sha256_file(builtin_weights_dir() / BUILTIN_R2STAR_CHISEPNET)
+        out["chisepnet"] = file_sha256(builtin_weights_dir() / BUILTIN_R2STAR_CHISEPNET)
     else:
         p = builtin_path("chisepnet-r2prime")
         if not p.is_file():
             raise InputError(f"no chi-sepnet weights installed ({p}); give --weights PATH or --method regularized")
-        out["chisepnet"] = sha256_file(p)
+        out["chisepnet"] = file_sha256(p)
     if method == "chisepnet-r2star":
         p = builtin_path("r2prime-from-r2star")
         if not p.is_file():
             raise InputError(f"no R2'-prediction weights installed ({p}); use a MESE or --method regularized")
-        out["r2prime"] = sha256_file(p)
+        out["r2prime"] = file_sha256(p)
     return out
 
 
