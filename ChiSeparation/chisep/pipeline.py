@@ -27,9 +27,8 @@ import numpy as np
 
 from . import __version__, physics
 from .io import InputError
+from .options import METHODS, NETWORK_METHODS, PreprocessOptions
 from .progress import scaled
-
-METHODS = ("chisepnet-r2prime", "chisepnet-r2star", "regularized")
 
 #: maps written by a run, with their units (documented in the README)
 OUTPUT_UNITS = {
@@ -130,14 +129,21 @@ def versions() -> dict:
 
 
 def preprocess_raw(mag, phase, te_s, affine, b0_t=3.0, se_mag=None, se_te_s=None, r2=None,
-                   mask=None, progress: ProgressFn = None, **options) -> Maps:
-    """Run the preprocessing chain (:func:`chisep.preprocess.preprocess_gre`) into :class:`Maps`."""
+                   mask=None, phase_sign: int = 1, b0_dir=None,
+                   options: Optional[PreprocessOptions] = None, progress: ProgressFn = None) -> Maps:
+    """Run the preprocessing chain (:func:`chisep.preprocess.preprocess_gre`) into :class:`Maps`.
+
+    ``phase_sign`` and ``b0_dir`` come with the acquisition (``Acquisition.preprocess_kwargs``);
+    ``options`` (:class:`chisep.options.PreprocessOptions`, default its defaults) chooses
+    unwrapping, background removal, the V-SHARP radius and bipolar correction."""
     from .preprocess import preprocess_gre
 
+    opts = PreprocessOptions() if options is None else options
     out = preprocess_gre(mag, phase, te_s, affine, b0_t=b0_t, se_mag=se_mag, se_te_s=se_te_s,
-                         r2=r2, mask=mask, progress=progress, **options)
+                         r2=r2, mask=mask, phase_sign=phase_sign, b0_dir=b0_dir, progress=progress,
+                         **opts.preprocess_kwargs())
     return Maps(affine=affine, mask=out["mask"], local_field=out["local_field"], b0_t=b0_t,
-                b0_dir=options.get("b0_dir"), r2star=out.get("r2star"), r2=out.get("r2"),
+                b0_dir=b0_dir, r2star=out.get("r2star"), r2=out.get("r2"),
                 r2prime=out.get("r2prime"), field_weight=out.get("field_weight"),
                 magnitude=out.get("magnitude"))
 
@@ -177,7 +183,7 @@ def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device
     if method == "chisepnet-r2star" and maps.r2star is None:
         raise InputError("chi-sepnet-R2* needs an R2* map (--r2star) or the multi-echo GRE magnitude")
 
-    if method.startswith("chisepnet"):
+    if method in NETWORK_METHODS:
         from .network.inference import run_chisepnet
         # the QSM channel (the user's map, a QSM net or the closed-form QSM) is decided inside
         # run_chisepnet, which reports the source it used
