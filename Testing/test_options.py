@@ -32,6 +32,8 @@ if str(MODULE_DIR) not in sys.path:
 torch.set_num_threads(2)
 SHAPE = (32, 36, 28)
 TE = (0.005, 0.010, 0.015)
+#: a memory budget (GiB) too small for one pass: the network runs on tiles
+MEMORY_GIB = 0.002
 NORM = dict(W.PUBLISHED_NORMALISATION, chi_para=(0.02, 0.03), chi_dia=(0.02, 0.03), qsm=(0.0, 0.03))
 
 
@@ -72,7 +74,7 @@ def test_cli_choices_and_defaults_are_the_contract(command, classes):
             assert tuple(acts[dest].choices) == ch, (command, dest)
     if command == "run":
         assert {"bg_method", "unwrap", "phase_sign", "precision", "qsm_weights", "r2prime_weights",
-                "field_unit", "b0_t", "tile_size", "overwrite"} <= set(acts)
+                "field_unit", "b0_t", "tile_size", "max_memory_gb", "overwrite"} <= set(acts)
     if command == "bids":   # picks the method per subject: its one override
         assert acts["method"].default is None and tuple(acts["method"].choices) == O.METHODS
 
@@ -149,7 +151,7 @@ def raw(tmp_path_factory):
 @pytest.fixture
 def spies(monkeypatch):
     """Record the arguments each consuming function receives, then call the real one."""
-    calls = {"unwrap": [], "combine": [], "bg": [], "net": []}
+    calls = {"unwrap": [], "combine": [], "bg": [], "net": [], "memory": []}
 
     def wrap(module, name, record):
         real = getattr(module, name)
@@ -164,6 +166,7 @@ def spies(monkeypatch):
     for bg in ("vsharp", "lbv", "lbv_qsm", "pdf"):
         wrap(PP, bg, lambda a, k, bg=bg: calls["bg"].append(bg))
     wrap(I, "_net_pass", lambda a, k: calls["net"].append((a[0].kind, str(a[0].path), a[4])))
+    wrap(I, "tile_for_memory", lambda a, k: calls["memory"].append(a[0]))
     return calls
 
 
@@ -173,13 +176,13 @@ def _cli_argv(f):
         (O.PreprocessOptions, "bg_method"), (O.PreprocessOptions, "unwrap"), (O.AcquisitionOptions, "phase_sign"),
         (O.AcquisitionOptions, "b0_t"), (O.RunOptions, "precision"), (O.RunOptions, "r2prime_weights"),
         (O.RunOptions, "qsm_weights"), (O.RunOptions, "method"), (O.RunOptions, "weights"),
-        (O.RunOptions, "device"), (O.OutputOptions, "progress"))}
+        (O.RunOptions, "device"), (O.RunOptions, "max_memory_gb"), (O.OutputOptions, "progress"))}
     return ["run", "--gre-mag", str(f["mag"]), "--gre-phase", str(f["phase"]), "--mask", str(f["mask"]),
             "--te", *map(str, TE), flag["b0_t"], "3", flag["method"], "chisepnet-r2star",
             flag["weights"], str(f["chisepnet"]), flag["r2prime_weights"], str(f["r2prime_net"]),
             flag["qsm_weights"], str(f["qsm_net"]), flag["device"], "cpu", flag["precision"], "fp32",
             flag["bg_method"], "pdf", flag["unwrap"], "laplacian", flag["phase_sign"], "-1",
-            flag["progress"], "none"]
+            flag["max_memory_gb"], str(MEMORY_GIB), flag["progress"], "none"]
 
 
 def _slicer_argv(f):
@@ -191,7 +194,7 @@ def _slicer_argv(f):
     params = dict(logic.advanced_options(panel), gre_mag=str(f["mag"]), gre_phase=str(f["phase"]),
                   mask=str(f["mask"]), te=list(TE), b0=3.0, method="chisepnet-r2star",
                   weights=str(f["chisepnet"]), r2prime_weights=str(f["r2prime_net"]),
-                  qsm_weights=str(f["qsm_net"]), device="cpu")
+                  qsm_weights=str(f["qsm_net"]), device="cpu", max_memory_gb=MEMORY_GIB)
     argv = runner.build_run_args(params)
     assert argv[0] == "run" and argv[-2:] == ["--progress", "json"]
     return argv
@@ -212,6 +215,8 @@ def test_every_option_reaches_the_function_that_uses_it(raw, spies, source, tmp_
     assert used == {"r2prime-from-r2star": (str(f["r2prime_net"]), "fp32"),
                     "qsm": (str(f["qsm_net"]), "fp32"),
                     "chisepnet-r2prime": (str(f["chisepnet"]), "fp32")}
+    # the memory budget sizes the tiles of every network pass
+    assert spies["memory"] == [MEMORY_GIB] * 3
     rep = json.loads((out / "report.json").read_text())
     assert rep["precision"] == "fp32" and rep["device"] == "cpu"
     assert rep["weights"]["qsm_channel"] == "qsm-net"
@@ -222,6 +227,7 @@ def test_every_option_reaches_the_function_that_uses_it(raw, spies, source, tmp_
     assert (o["bg_method"], o["unwrap"], o["phase_sign"], o["precision"], o["method"]) == (
         "pdf", "laplacian", -1, "fp32", "chisepnet-r2star")
     assert o["qsm_weights"] == str(f["qsm_net"]) and o["r2prime_weights"] == str(f["r2prime_net"])
+    assert o["max_memory_gb"] == MEMORY_GIB
     assert "dr" not in o and "field_unit" not in o
     assert not set(rep["inputs"]) & {"bg_method", "unwrap", "precision", "qsm_weights"}
     assert rep["acquisition"]["phase_sign"] == -1

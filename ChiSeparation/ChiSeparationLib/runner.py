@@ -64,11 +64,13 @@ def options_from_params(params: dict):
     ps = p.get("phase_sign")
     acq = O.AcquisitionOptions(phase_sign=int(ps) if ps not in (None, "", "auto", 0) else None,
                                field_unit=(p.get("field_unit") or "").lower() or None, b0_t=b0 or None)
-    pre = O.PreprocessOptions(**{k: p[k] for k in ("unwrap", "bg_method") if p.get(k)})
-    run = O.RunOptions(method=p.get("method") or "chisepnet-r2prime", device=p.get("device") or "auto",
-                       precision=p.get("precision") or "auto",
-                       **{k: os.fspath(p[k]) for k in ("weights", "r2prime_weights", "qsm_weights") if p.get(k)})
-    return acq, pre, run
+    pre = O.PreprocessOptions(**{f.name: p[f.name] for f in O.fields(O.PreprocessOptions)
+                                 if p.get(f.name) not in (None, "")})
+    given = {f.name: p[f.name] for f in O.fields(O.RunOptions) if p.get(f.name) not in (None, "")}
+    for k in ("weights", "r2prime_weights", "qsm_weights"):
+        if k in given:
+            given[k] = os.fspath(given[k])
+    return acq, pre, O.RunOptions(**given)
 
 
 def options_args(acq: "O.AcquisitionOptions", pre: "O.PreprocessOptions", run: "O.RunOptions",

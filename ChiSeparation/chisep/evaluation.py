@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .pipeline import METHODS, Maps, preprocess_raw, separate
+from .options import METHODS
+from .pipeline import Maps, preprocess_raw, separate
 from .progress import scaled
 
 

@@ -128,6 +128,10 @@ class RunOptions:
              "channels_last, bf16 or fp16 (CUDA only)")
     tile_size: Optional[int] = option(None, type=int, unit="voxels", metavar="N",
                                       help="run the network on overlapping N^3 tiles (less memory)")
+    max_memory_gb: Optional[float] = option(
+        None, type=float, unit="GiB", flag="--max-memory", metavar="GIB",
+        help="memory (GiB) one network pass may use: the network runs on tiles sized to fit (--tile-size "
+             "takes precedence); default: the whole volume at once")
     dr: Optional[float] = option(None, type=float, unit="Hz/ppm", metavar="HZ_PER_PPM",
                                  help="relaxometric constant for --method regularized (default 114)")
 
@@ -148,7 +152,8 @@ class RunOptions:
         regularized method, no ``dr`` for chi-sepnet, no R2' net for chisepnet-r2prime."""
         d = dataclasses.asdict(self)
         if not self.uses_network:
-            for k in ("weights", "r2prime_weights", "qsm_weights", "device", "precision", "tile_size"):
+            for k in ("weights", "r2prime_weights", "qsm_weights", "device", "precision", "tile_size",
+                      "max_memory_gb"):
                 d.pop(k)
         else:
             d.pop("dr")

@@ -150,7 +150,7 @@ def preprocess_raw(mag, phase, te_s, affine, b0_t=3.0, se_mag=None, se_te_s=None
 
 def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device: str = "auto",
              precision: str = "auto", tile_size=None, dr: Optional[float] = None,
-             regularized_options: Optional[dict] = None, progress: ProgressFn = None) -> RunResult:
+             max_memory_gb: Optional[float] = None, regularized_options: Optional[dict] = None, progress: ProgressFn = None) -> RunResult:
     """Chi-separation of processed maps with one method.
 
     Parameters
@@ -160,6 +160,8 @@ def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device
     weights : for the network methods, a path (ours: .safetensors; published: .pth/.pth.tar/.onnx)
         or a loaded weight set or a dict ``{"chisepnet": ..., "r2prime": ..., "qsm": ...}``;
         ``None`` uses the built-in weights (an error says so plainly if none are installed).
+    device, precision, tile_size, max_memory_gb : how the network runs (see
+        :class:`chisep.options.RunOptions`).
     dr : relaxometric constant (Hz/ppm) for the regularized method; default 114 (chi-sepnet's
         constant, which is what our simulated heads use) — pass ``physics.dr_conventional(b0)``
         for the conventional literature value.
@@ -191,7 +193,7 @@ def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device
             res = run_chisepnet(method, maps.local_field, maps.mask, maps.affine,
                                 r2prime_hz=maps.r2prime, r2star_hz=maps.r2star, qsm_ppm=maps.qsm,
                                 weights=weights, device=device, precision=precision,
-                                tile_size=tile_size, b0_dir=maps.b0_dir,
+                                tile_size=tile_size, b0_dir=maps.b0_dir, max_memory_gb=max_memory_gb,
                                 progress=scaled(progress, 0.1, 1.0))
         out.update({k: res[k] for k in ("chi_para", "chi_dia", "chi_total")})
         out["r2prime"] = res.get("r2prime", maps.r2prime)

@@ -113,6 +113,8 @@ def check_arguments(args):
         check_b0(args.b0_t, "--b0")
     if args.tile_size is not None and args.tile_size < 16:
         raise InputError(f"--tile-size {args.tile_size}: use 16 or more voxels (or leave it out)")
+    if args.max_memory_gb is not None and not args.max_memory_gb > 0:
+        raise InputError(f"--max-memory {args.max_memory_gb}: give the memory in GiB (> 0), or leave it out")
     if args.dr is not None and not args.dr > 0:
         raise InputError(f"--dr {args.dr}: the relaxometric constant must be > 0 Hz/ppm")
 
@@ -261,6 +263,7 @@ def run(args) -> int:
         t_pre = time.perf_counter() - t0
         res = separate(maps, run_opts.method, weights=weights, device=run_opts.device,
                        precision=run_opts.precision, tile_size=run_opts.tile_size, dr=run_opts.dr,
+                       max_memory_gb=run_opts.max_memory_gb,
                        progress=scaled(progress, 0.5 if args.gre_mag else 0.0, 0.98))
         res.report.setdefault("timings_s", {})["preprocess"] = round(t_pre, 3)
         res.report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
