@@ -272,3 +272,17 @@ def test_processed_maps_record_no_preprocessing_and_refuse_its_options(raw, tmp_
     bad = tmp_path / "bad"
     assert main(proc + ["--bg-method", "lbv", "--out", str(bad)]) == 2
     assert "--bg-method" in capsys.readouterr().err and not bad.exists()
+
+
+def test_panel_devices_are_the_contract_and_an_absent_gpu_is_reported():
+    pytest.importorskip("slicer")
+    from ChiSeparationLib.logic import ChiSeparationLogic
+
+    for device in O.DEVICES:
+        msg = ChiSeparationLogic.device_problem(device)
+        usable = {"cuda": torch.cuda.is_available(),
+                  "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
+        if usable.get(device, True):
+            assert msg is None, device
+        else:
+            assert "CPU" in msg, device

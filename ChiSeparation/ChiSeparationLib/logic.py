@@ -208,15 +208,19 @@ class ChiSeparationLogic:
 
     @staticmethod
     def device_problem(device):
-        """A message when the GPU is chosen but not usable here (None when fine)."""
-        if device != "cuda":
+        """A message when a GPU (CUDA or Apple MPS) is chosen but not usable here (None when fine)."""
+        if device not in ("cuda", "mps"):
             return None
         try:
             import torch
         except ImportError:
             return "the GPU was chosen but PyTorch is not installed; run on the CPU instead?"
-        if not torch.cuda.is_available():
+        if device == "cuda" and not torch.cuda.is_available():
             return ("the GPU was chosen but PyTorch sees no CUDA GPU on this computer "
+                    f"(torch {torch.__version__}); run on the CPU instead?")
+        mps = getattr(torch.backends, "mps", None)
+        if device == "mps" and not (mps is not None and mps.is_available()):
+            return ("the Apple GPU (MPS) was chosen but PyTorch cannot use it on this computer "
                     f"(torch {torch.__version__}); run on the CPU instead?")
         return None
 
