@@ -15,7 +15,6 @@ Standard library only (the Slicer module imports it before torch or numpy are in
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Optional
