@@ -17,16 +17,20 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from chisep import options as O
 from ChiSeparationLib import dependencies, mrml, runner
 from ChiSeparationLib.logic import ChiSeparationError
 from ChiSeparationLib.logic import ChiSeparationLogic as _Logic
 from ChiSeparationLib.parameters import ChiSeparationParameterNode
 
-METHODS = [("χ-sepnet-R2′ (GRE + SE or R2)", "chisepnet-r2prime"),
-           ("χ-sepnet-R2* (GRE only)", "chisepnet-r2star"),
-           ("Regularized (conventional)", "regularized")]
-DEVICES = [("Auto", "auto"), ("CPU", "cpu"), ("GPU (CUDA)", "cuda")]
-FIELD_UNITS = [("Hz", "hz"), ("ppm", "ppm"), ("rad", "rad")]
+# (label, value) of the combo boxes filled here, from the options contract (chisep.options)
+METHODS = O.labels(O.RunOptions, "method")
+DEVICES = O.labels(O.RunOptions, "device")
+FIELD_UNITS = O.labels(O.AcquisitionOptions, "field_unit")
+#: Advanced combo box -> (options class, option): its tooltip is the option's help text (the
+#: parameter node's Choice annotations fill the items)
+ADVANCED = {"bgMethodComboBox": (O.PreprocessOptions, "bg_method"), "unwrapComboBox": (O.PreprocessOptions, "unwrap"),
+            "phaseSignComboBox": (O.AcquisitionOptions, "phase_sign"), "precisionComboBox": (O.RunOptions, "precision")}
 ISSUES_URL = "https://github.com/chiseparation/SlicerChiSeparation/issues"
 
 
@@ -160,6 +164,8 @@ class ChiSeparationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.clear()
             for label, value in items:
                 combo.addItem(label, value)
+        for name, (cls, option) in ADVANCED.items():
+            getattr(self.ui, name).toolTip = O.get_field(cls, option).metadata["help"]
         self.ui.overlayMapComboBox.clear()
         for key, spec in mrml.OUTPUT_MAPS.items():
             self.ui.overlayMapComboBox.addItem(spec.title, key)

@@ -13,7 +13,8 @@ widget classes are plain Python classes named like Qt's, built from the .ui (pro
 2. ``connectGui`` binds every widget of the .ui (Slicer creates every connector before connecting
    any: one refused binding and nothing is bound);
 3. a user's choice in each node selector / line edit / spin box reaches the parameter node;
-4. deliberately wrong pairs go to Slicer's ``createGuiConnector`` and must be refused.
+4. each combo box (a ``Choice``) lists the choices and a user's pick reaches the parameter node;
+5. deliberately wrong pairs go to Slicer's ``createGuiConnector`` and must be refused.
 
 Prints one JSON object.
 """
@@ -95,6 +96,23 @@ class StandInWidget:
     def setProperty(self, name, value):
         self._dynamic[name] = value
 
+    # QComboBox: items as text, currentIndex -1 when empty (Qt selects the first item added)
+    def clear(self):
+        self._items = []
+        self.currentIndex = -1
+
+    def addItem(self, text, data=None):
+        self._items = getattr(self, "_items", []) + [str(text)]
+        if getattr(self, "currentIndex", -1) < 0:
+            self.currentIndex = 0
+
+    def count(self):
+        return len(getattr(self, "_items", []))
+
+    def text_at_current(self):
+        items = getattr(self, "_items", [])
+        return items[self.currentIndex] if 0 <= getattr(self, "currentIndex", -1) < len(items) else ""
+
     # qMRMLNodeComboBox
     def setCurrentNode(self, node):
         self._current = node
@@ -168,7 +186,8 @@ def main(pnw_dir, ui_path, module_dir):
     from slicer_connectors import ui_widgets  # noqa: E402
     from ChiSeparationLib import parameters  # noqa: E402  (decorated by Slicer's real wrapper)
 
-    result = {"bound": {}, "nodeTypes": {}, "ranges": {}, "listed": {}, "written": {}, "refused": {}}
+    result = {"bound": {}, "nodeTypes": {}, "ranges": {}, "listed": {}, "written": {}, "refused": {},
+              "items": {}, "shown": {}}
     ui = types.SimpleNamespace()
     for name, w in ui_widgets(ui_path).items():
         cls = widget_class(qt, ctk, slicer, w["class"])
@@ -216,6 +235,16 @@ def main(pnw_dir, ui_path, module_dir):
     result["written"].update(echoTimes=p.echoTimes, weightsPath=str(p.weightsPath),
                              weightsPathType=type(p.weightsPath).__name__,
                              fieldStrength=p.fieldStrength, overlayOpacity=p.overlayOpacity)
+    # combo boxes (Choice): the items Slicer's connector lists; the user's pick reaches the node
+    for name, w in vars(ui).items():
+        pname = w.property("SlicerParameterName")
+        if type(w).__name__ != "QComboBox" or not pname:
+            continue
+        result["items"][pname] = list(w._items)
+        result["shown"][pname] = w.text_at_current()         # the node's default, shown
+        w.currentIndex = w.count() - 1
+        w.currentIndexChanged.emit(w.currentIndex)
+        result["written"][pname] = getattr(p, pname)
     # parameter node -> widgets
     p.fieldStrength = 0.0
     result["written"]["fieldStrengthWidgetAfterClear"] = ui.fieldStrengthSpinBox.value

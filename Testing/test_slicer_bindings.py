@@ -194,6 +194,15 @@ def test_slicer_real_parameter_node_wrapper_binds_the_panel(ref, tmp_path, hints
     assert w["echoTimes"] == "0.005 0.011" and w["fieldStrength"] == 7.0 and w["overlayOpacity"] == 0.25
     assert w["weightsPath"] == "/data/w.safetensors" and w["weightsPathType"].endswith("Path")
     assert w["fieldStrengthWidgetAfterClear"] == 0.0
+    # the Advanced combo boxes list the options contract's choices, show its defaults and write the
+    # chosen one (the last item here)
+    from chisep import options as O
+    want = {"bgMethod": (O.BG_METHODS, "vsharp"), "unwrap": (O.UNWRAP_METHODS, "region-growing"),
+            "precision": (O.PRECISIONS, "auto"), "phaseSign": (("auto", "+1", "-1"), "auto")}
+    assert set(r["items"]) == set(want)
+    for pname, (choices, default) in want.items():
+        assert r["items"][pname] == [str(c) for c in choices], pname
+        assert r["shown"][pname] == default and w[pname] == choices[-1], pname
     assert r["defaultWeightsPath"] == "."                       # empty path reads as "." (built-in)
     assert all(v is not None for v in r["refused"].values()), r["refused"]
     assert r["wrongConnectGui"] is not None

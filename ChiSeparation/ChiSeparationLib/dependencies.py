@@ -15,6 +15,8 @@ or scipy: Slicer ships its own builds and a PyPI copy breaks them.
 import importlib.util
 import os
 
+from chisep.options import NETWORK_METHODS
+
 #: Top-level modules of what Slicer's Python ships (Slicer 5.6 - 5.10).
 SLICER_SHIPS = ("numpy", "scipy", "pydicom", "SimpleITK", "vtk", "vtkmodules", "PIL", "requests",
                 "pip", "setuptools")
@@ -44,7 +46,7 @@ def weights_argument(path):
 def needs(method: str, raw_inputs: bool, weights=None) -> list:
     """Import names the core needs for these choices (torch included)."""
     weights = weights_argument(weights)
-    chisepnet = (method or "").startswith("chisepnet")
+    chisepnet = method in NETWORK_METHODS
     out = []
     for name, _req, when in PIP_REQUIREMENTS:
         if when == "always" or (when == "raw" and raw_inputs):

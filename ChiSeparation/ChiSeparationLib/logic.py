@@ -37,6 +37,19 @@ class ChiSeparationError(ValueError):
     """A choice the user has to fix; the message says what."""
 
 
+def advanced_options(p) -> dict:
+    """The Advanced section's choices as ``chisep run`` parameters (keys of :mod:`chisep.options`);
+    parameters without the Advanced attributes get the contract's defaults."""
+    from chisep import options as O
+
+    out = {"bg_method": getattr(p, "bgMethod", None) or O.get_field(O.PreprocessOptions, "bg_method").default,
+           "unwrap": getattr(p, "unwrap", None) or O.get_field(O.PreprocessOptions, "unwrap").default,
+           "precision": getattr(p, "precision", None) or O.get_field(O.RunOptions, "precision").default}
+    sign = getattr(p, "phaseSign", None)
+    out["phase_sign"] = int(sign) if sign not in (None, "", "auto") else None
+    return out
+
+
 def parameter_mrml_node(p):
     """The MRML node behind parameters ``p`` (a wrapper's ``parameterNode``, or ``p`` itself)."""
     if p is None:
@@ -195,15 +208,19 @@ class ChiSeparationLogic:
 
     @staticmethod
     def device_problem(device):
-        """A message when the GPU is chosen but not usable here (None when fine)."""
-        if device != "cuda":
+        """A message when a GPU (CUDA or Apple MPS) is chosen but not usable here (None when fine)."""
+        if device not in ("cuda", "mps"):
             return None
         try:
             import torch
         except ImportError:
             return "the GPU was chosen but PyTorch is not installed; run on the CPU instead?"
-        if not torch.cuda.is_available():
+        if device == "cuda" and not torch.cuda.is_available():
             return ("the GPU was chosen but PyTorch sees no CUDA GPU on this computer "
+                    f"(torch {torch.__version__}); run on the CPU instead?")
+        mps = getattr(torch.backends, "mps", None)
+        if device == "mps" and not (mps is not None and mps.is_available()):
+            return ("the Apple GPU (MPS) was chosen but PyTorch cannot use it on this computer "
                     f"(torch {torch.__version__}); run on the CPU instead?")
         return None
 
@@ -247,6 +264,7 @@ class ChiSeparationLogic:
 
         params = {"method": p.method, "device": p.device,
                   "weights": dependencies.weights_argument(p.weightsPath), "b0": float(p.fieldStrength)}
+        params.update(advanced_options(p))
         if p.inputMode == "raw":
             te = parse_echo_times(p.echoTimes)
             ste = parse_echo_times(p.seEchoTimes, "SE echo times") if p.seMagnitude is not None else None

@@ -22,7 +22,9 @@ import typing
 from typing import Annotated
 
 import slicer
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+from chisep import options as O
 
 #: Node classes a multi-echo selector lists: a sequence (one volume per echo), a multivolume (only
 #: with the MultiVolumeExplorer extension), or one scalar volume (a 4-D file's proxy, one echo of a
@@ -48,6 +50,20 @@ MaskNode = node_union(MASK_CLASS_NAMES)
 LesionNode = node_union(LESION_CLASS_NAMES)
 VolumeNode = node_union(("vtkMRMLScalarVolumeNode",))
 
+#: The Advanced section's combo boxes list the choices of the options contract (chisep.options);
+#: Slicer's QComboBox connector shows each choice as its text. Phase sign "auto": from the data.
+PHASE_SIGN_AUTO = "auto"
+BG_METHOD_CHOICES = list(O.BG_METHODS)
+UNWRAP_CHOICES = list(O.UNWRAP_METHODS)
+PRECISION_CHOICES = list(O.PRECISIONS)
+PHASE_SIGN_CHOICES = [PHASE_SIGN_AUTO] + [f"{s:+d}" for s in O.PHASE_SIGNS]
+
+
+def default(cls, name):
+    """The contract's default of option ``name`` of ``cls``."""
+    return O.get_field(cls, name).default
+
+
 #: Field strength: 0 means "not known" (the spin box shows "required"; runs refuse it).
 FIELD_STRENGTH_RANGE_T = (0.0, 21.0)
 
@@ -69,9 +85,14 @@ class ChiSeparationParameterNode:
     mask: MaskNode
     fieldStrength: Annotated[float, WithinRange(*FIELD_STRENGTH_RANGE_T)] = 0.0   # tesla; 0: required
     b0Direction: str = ""                       # "i j k" unit vector; empty: from the data
-    method: str = "chisepnet-r2prime"
+    method: str = default(O.RunOptions, "method")
     weightsPath: pathlib.Path                   # empty ("."): built-in weights
-    device: str = "auto"
+    device: str = default(O.RunOptions, "device")
+    # Advanced (choices and defaults from chisep.options)
+    bgMethod: Annotated[str, Choice(BG_METHOD_CHOICES)] = default(O.PreprocessOptions, "bg_method")
+    unwrap: Annotated[str, Choice(UNWRAP_CHOICES)] = default(O.PreprocessOptions, "unwrap")
+    phaseSign: Annotated[str, Choice(PHASE_SIGN_CHOICES)] = PHASE_SIGN_AUTO
+    precision: Annotated[str, Choice(PRECISION_CHOICES)] = default(O.RunOptions, "precision")
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     lesionLabels: LesionNode
     # The run's output nodes are node references of the MRML parameter node itself (roles

@@ -21,9 +21,7 @@ import tempfile
 import threading
 import time
 
-METHODS = ("chisepnet-r2prime", "chisepnet-r2star", "regularized")
-DEVICES = ("auto", "cpu", "cuda")
-FIELD_UNITS = ("hz", "ppm", "rad")
+from chisep import options as O
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
 
@@ -53,15 +51,54 @@ def _floats(v):
     return out
 
 
+def options_from_params(params: dict):
+    """The options contract's objects (:mod:`chisep.options`) for a parameters dict: ``(acquisition,
+    preprocessing, run)`` options. Raises ValueError (:class:`chisep.options.OptionError`) for a
+    choice the contract does not declare."""
+    p = dict(params)
+    b0 = p.get("b0")
+    if b0:
+        b0 = float(b0)
+        if not b0 > 0:
+            raise ValueError(f"field strength must be positive tesla, got {b0}")
+    ps = p.get("phase_sign")
+    acq = O.AcquisitionOptions(phase_sign=int(ps) if ps not in (None, "", "auto", 0) else None,
+                               field_unit=(p.get("field_unit") or "").lower() or None, b0_t=b0 or None)
+    pre = O.PreprocessOptions(**{f.name: p[f.name] for f in O.fields(O.PreprocessOptions)
+                                 if p.get(f.name) not in (None, "")})
+    given = {f.name: p[f.name] for f in O.fields(O.RunOptions) if p.get(f.name) not in (None, "")}
+    for k in ("weights", "r2prime_weights", "qsm_weights"):
+        if k in given:
+            given[k] = os.fspath(given[k])
+    return acq, pre, O.RunOptions(**given)
+
+
+def options_args(acq: "O.AcquisitionOptions", pre: "O.PreprocessOptions", run: "O.RunOptions",
+                 raw: bool = True) -> list:
+    """The ``chisep run`` option arguments for the contract's option objects (method and device always,
+    every other option only where it differs from its default). ``raw``: the preprocessing and phase
+    options apply (raw scans); with processed maps they are left out, and the field unit is given with
+    the local field."""
+    args = O.to_argv(run, always=("method", "device"))
+    acq_args = O.to_argv(O.AcquisitionOptions(b0_t=acq.b0_t, phase_sign=acq.phase_sign if raw else None,
+                                              phase_unit=acq.phase_unit if raw else "auto"))
+    args += acq_args
+    if raw:
+        args += O.to_argv(pre)
+    return args
+
+
 def build_run_args(params: dict) -> list:
     """The ``chisep run`` arguments (without ``--out``) for a parameters dict.
 
     Keys: ``gre_mag``, ``gre_phase``, ``se_mag`` (file or list of files), ``r2``; or ``local_field``
-    with ``field_unit`` (hz|ppm|rad), ``r2star``, ``r2`` or ``r2prime``, ``mask``; plus ``method``,
-    ``weights``, ``device``, ``te`` / ``se_te`` (seconds, list or string), ``b0`` (tesla).
-    Raises ValueError naming the missing or inconsistent choice.
+    with ``field_unit`` (hz|ppm|rad), ``r2star``, ``r2`` or ``r2prime``, ``mask``; plus the options of
+    :mod:`chisep.options` (``method``, ``weights``, ``r2prime_weights``, ``qsm_weights``, ``device``,
+    ``precision``, ``bg_method``, ``unwrap``, ``phase_sign``), ``te`` / ``se_te`` (seconds, list or
+    string), ``b0`` (tesla). Raises ValueError naming the missing or inconsistent choice.
     """
     p = dict(params)
+    acq, pre, run = options_from_params(p)
     args = ["run"]
     raw = bool(_files(p.get("gre_mag")) or _files(p.get("gre_phase")))
     processed = bool(p.get("local_field"))
@@ -90,16 +127,16 @@ def build_run_args(params: dict) -> list:
         if p.get("mask"):
             args += ["--mask", os.fspath(p["mask"])]
     elif processed:
-        unit = (p.get("field_unit") or "").lower()
-        if unit not in FIELD_UNITS:
-            raise ValueError(f"field unit must be one of {', '.join(FIELD_UNITS)}, got {unit!r}")
+        unit = acq.field_unit
+        if unit is None:
+            raise ValueError(f"field unit must be one of {', '.join(O.FIELD_UNITS)}, got {unit!r}")
         for k in ("r2star", "mask"):
             if not p.get(k):
                 raise ValueError(f"processed inputs need the {k.replace('r2star', 'R2*')} map")
         if p.get("r2") and p.get("r2prime"):
             raise ValueError("give either R2 or R2' with processed maps, not both")
-        args += ["--local-field", os.fspath(p["local_field"]), "--field-unit", unit,
-                 "--r2star", os.fspath(p["r2star"]), "--mask", os.fspath(p["mask"])]
+        args += ["--local-field", os.fspath(p["local_field"]), O.flag(O.get_field(O.AcquisitionOptions, "field_unit")),
+                 unit, "--r2star", os.fspath(p["r2star"]), "--mask", os.fspath(p["mask"])]
         if p.get("r2"):
             args += ["--r2", os.fspath(p["r2"])]
         if p.get("r2prime"):
@@ -111,21 +148,7 @@ def build_run_args(params: dict) -> list:
             args += ["--field-te", te[0]]
     else:
         raise ValueError("choose the GRE magnitude and phase, or the processed maps")
-    method = p.get("method") or "chisepnet-r2prime"
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    args += ["--method", method]
-    if p.get("weights"):
-        args += ["--weights", os.fspath(p["weights"])]
-    device = p.get("device") or "auto"
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    args += ["--device", device]
-    if p.get("b0"):
-        b0 = float(p["b0"])
-        if not b0 > 0:
-            raise ValueError(f"field strength must be positive tesla, got {b0}")
-        args += ["--b0", repr(b0)]
+    args += options_args(acq, pre, run, raw=raw)
     args += ["--progress", "json"]
     return args
 

@@ -14,6 +14,7 @@ import sys
 
 from . import __version__
 from .io import InputError, Terminated
+from .options import OptionError
 
 #: subcommand name -> module under chisep.commands (kept in the order --help lists them)
 COMMANDS = ["simulate", "preprocess", "run", "lesions", "train", "demo", "bids", "qsmci"]
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except InputError as exc:
+    except (InputError, OptionError) as exc:
         where = getattr(exc, "chisep_output", None)
         print(f"chisep {args.command}: error: {exc}" + (f" ({where})" if where else ""), file=sys.stderr)
         return 2

@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .pipeline import METHODS, Maps, preprocess_raw, separate
+from .options import METHODS
+from .pipeline import Maps, preprocess_raw, separate
 from .progress import scaled
 
 
@@ -28,16 +29,15 @@ class Evaluation:
 def preprocess_from_files(data_dir, progress=None, **options) -> Maps:
     """Read ``gre_mag/gre_phase[/se_mag].nii.gz`` + sidecars as a user's run would, and preprocess.
 
-    ``options`` go to :func:`chisep.preprocess.preprocess_gre` (e.g. ``bg_method``)."""
+    ``options``: fields of :class:`chisep.options.PreprocessOptions` (e.g. ``bg_method``)."""
+    from .options import PreprocessOptions
     from .acquisition import load_acquisition
 
     data_dir = Path(data_dir)
     se = data_dir / "se_mag.nii.gz"
     acq = load_acquisition(data_dir / "gre_mag.nii.gz", data_dir / "gre_phase.nii.gz",
                            se=se if se.exists() else None)
-    kw = acq.preprocess_kwargs()
-    return preprocess_raw(kw.pop("mag"), kw.pop("phase"), kw.pop("te_s"), kw.pop("affine"),
-                          progress=progress, **kw, **options)
+    return preprocess_raw(**acq.preprocess_kwargs(), options=PreprocessOptions(**options), progress=progress)
 
 
 def run_methods(maps: Maps, methods=METHODS, weights=None, device="auto", progress=None) -> dict:
@@ -114,7 +114,7 @@ def evaluate_head(head, data_dir, methods=METHODS, weights=None, device="auto", 
                   preprocess_options=None) -> Evaluation:
     """Write ``head``'s acquisitions to ``data_dir``, run the whole chain and every method, score them.
 
-    ``preprocess_options`` (dict) go to :func:`chisep.preprocess.preprocess_gre`."""
+    ``preprocess_options`` (dict): fields of :class:`chisep.options.PreprocessOptions`."""
     from . import metrics
     from .report import accuracy
     from .simulate import TISSUE_LABELS, write_simulation

@@ -27,9 +27,8 @@ import numpy as np
 
 from . import __version__, physics
 from .io import InputError
+from .options import METHODS, NETWORK_METHODS, PreprocessOptions
 from .progress import scaled
-
-METHODS = ("chisepnet-r2prime", "chisepnet-r2star", "regularized")
 
 #: maps written by a run, with their units (documented in the README)
 OUTPUT_UNITS = {
@@ -130,21 +129,28 @@ def versions() -> dict:
 
 
 def preprocess_raw(mag, phase, te_s, affine, b0_t=3.0, se_mag=None, se_te_s=None, r2=None,
-                   mask=None, progress: ProgressFn = None, **options) -> Maps:
-    """Run the preprocessing chain (:func:`chisep.preprocess.preprocess_gre`) into :class:`Maps`."""
+                   mask=None, phase_sign: int = 1, b0_dir=None,
+                   options: Optional[PreprocessOptions] = None, progress: ProgressFn = None) -> Maps:
+    """Run the preprocessing chain (:func:`chisep.preprocess.preprocess_gre`) into :class:`Maps`.
+
+    ``phase_sign`` and ``b0_dir`` come with the acquisition (``Acquisition.preprocess_kwargs``);
+    ``options`` (:class:`chisep.options.PreprocessOptions`, default its defaults) chooses
+    unwrapping, background removal, the V-SHARP radius and bipolar correction."""
     from .preprocess import preprocess_gre
 
+    opts = PreprocessOptions() if options is None else options
     out = preprocess_gre(mag, phase, te_s, affine, b0_t=b0_t, se_mag=se_mag, se_te_s=se_te_s,
-                         r2=r2, mask=mask, progress=progress, **options)
+                         r2=r2, mask=mask, phase_sign=phase_sign, b0_dir=b0_dir, progress=progress,
+                         **opts.preprocess_kwargs())
     return Maps(affine=affine, mask=out["mask"], local_field=out["local_field"], b0_t=b0_t,
-                b0_dir=options.get("b0_dir"), r2star=out.get("r2star"), r2=out.get("r2"),
+                b0_dir=b0_dir, r2star=out.get("r2star"), r2=out.get("r2"),
                 r2prime=out.get("r2prime"), field_weight=out.get("field_weight"),
                 magnitude=out.get("magnitude"))
 
 
 def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device: str = "auto",
              precision: str = "auto", tile_size=None, dr: Optional[float] = None,
-             regularized_options: Optional[dict] = None, progress: ProgressFn = None) -> RunResult:
+             max_memory_gb: Optional[float] = None, regularized_options: Optional[dict] = None, progress: ProgressFn = None) -> RunResult:
     """Chi-separation of processed maps with one method.
 
     Parameters
@@ -154,6 +160,8 @@ def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device
     weights : for the network methods, a path (ours: .safetensors; published: .pth/.pth.tar/.onnx)
         or a loaded weight set or a dict ``{"chisepnet": ..., "r2prime": ..., "qsm": ...}``;
         ``None`` uses the built-in weights (an error says so plainly if none are installed).
+    device, precision, tile_size, max_memory_gb : how the network runs (see
+        :class:`chisep.options.RunOptions`).
     dr : relaxometric constant (Hz/ppm) for the regularized method; default 114 (chi-sepnet's
         constant, which is what our simulated heads use) — pass ``physics.dr_conventional(b0)``
         for the conventional literature value.
@@ -177,7 +185,7 @@ def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device
     if method == "chisepnet-r2star" and maps.r2star is None:
         raise InputError("chi-sepnet-R2* needs an R2* map (--r2star) or the multi-echo GRE magnitude")
 
-    if method.startswith("chisepnet"):
+    if method in NETWORK_METHODS:
         from .network.inference import run_chisepnet
         # the QSM channel (the user's map, a QSM net or the closed-form QSM) is decided inside
         # run_chisepnet, which reports the source it used
@@ -185,7 +193,7 @@ def separate(maps: Maps, method: str = "chisepnet-r2prime", weights=None, device
             res = run_chisepnet(method, maps.local_field, maps.mask, maps.affine,
                                 r2prime_hz=maps.r2prime, r2star_hz=maps.r2star, qsm_ppm=maps.qsm,
                                 weights=weights, device=device, precision=precision,
-                                tile_size=tile_size, b0_dir=maps.b0_dir,
+                                tile_size=tile_size, b0_dir=maps.b0_dir, max_memory_gb=max_memory_gb,
                                 progress=scaled(progress, 0.1, 1.0))
         out.update({k: res[k] for k in ("chi_para", "chi_dia", "chi_total")})
         out["r2prime"] = res.get("r2prime", maps.r2prime)

@@ -62,6 +62,7 @@ def load_job_maps(job: Job, options: dict, progress=None):
     Uses the public loaders and :func:`chisep.pipeline.preprocess_raw` (what ``chisep run`` does
     with raw inputs), with ``options`` ``bg_method``, ``unwrap``, ``phase_sign``.
     """
+    from ..options import PreprocessOptions
     from ..pipeline import preprocess_raw
     from ..preprocess import load_echoes, load_gre
 
@@ -75,11 +76,10 @@ def load_job_maps(job: Job, options: dict, progress=None):
         se_mag, se_te = se["data"], se["te_s"]
     ps = options.get("phase_sign")
     phase_sign = int(ps) if ps else int(acq.get("phase_sign", 1) or 1)
+    pre = PreprocessOptions(**{k: options[k] for k in ("unwrap", "bg_method") if options.get(k) is not None})
     maps = preprocess_raw(acq["mag"], acq["phase"], acq["te_s"], acq["affine"], b0_t=acq["b0_t"],
-                          se_mag=se_mag, se_te_s=se_te, phase_sign=phase_sign,
-                          unwrap=options.get("unwrap", "region-growing"),
-                          bg_method=options.get("bg_method", "vsharp"), b0_dir=acq.get("b0_dir"),
-                          progress=progress)
+                          se_mag=se_mag, se_te_s=se_te, phase_sign=phase_sign, b0_dir=acq.get("b0_dir"),
+                          options=pre, progress=progress)
     return maps, acq
 
 

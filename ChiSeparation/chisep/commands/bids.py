@@ -36,8 +36,7 @@ Execution: a local Dask cluster (--n-workers, --memory-limit per worker), a runn
 
 
 def add_parser(sub):
-    from ..pipeline import METHODS
-    from ..preprocess.pipeline import BG_METHODS
+    from .. import options as O
 
     p = sub.add_parser("bids", help="BIDS App: many subjects on Dask (participant / group level)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,12 +49,11 @@ def add_parser(sub):
                    help="sessions to process (without ses-); default all")
     p.add_argument("--derivatives", nargs="+", metavar="DIR", help="more derivative folders with lesion masks / segmentations")
     m = p.add_argument_group("method")
-    m.add_argument("--method", choices=METHODS, default=None,
-                   help="default chisepnet-r2prime when a MESE exists, else chisepnet-r2star (per subject)")
-    m.add_argument("--bg-method", choices=BG_METHODS, default="vsharp")
-    m.add_argument("--unwrap", choices=("laplacian", "region-growing"), default="region-growing")
-    m.add_argument("--phase-sign", type=int, choices=(1, -1), default=None)
-    m.add_argument("--weights", metavar="PATH", help="chi-sepnet weights (default built-in)")
+    O.add_arguments(m, O.RunOptions, only=("method",), overrides={"method": {
+        "default": None, "help": "default chisepnet-r2prime when a MESE exists, else chisepnet-r2star (per subject)"}})
+    O.add_arguments(m, O.PreprocessOptions, only=("bg_method", "unwrap"))
+    O.add_arguments(m, O.AcquisitionOptions, only=("phase_sign",))
+    O.add_arguments(m, O.RunOptions, only=("weights",))
     e = p.add_argument_group("execution (Dask)")
     e.add_argument("--n-workers", type=int, default=1, help="local cluster worker processes (default 1)")
     e.add_argument("--threads-per-worker", type=int, default=1, help="threads per worker (torch/numpy), default 1")
@@ -71,7 +69,7 @@ def add_parser(sub):
     e.add_argument("--slurm-extra", nargs="+", default=[], metavar="DIRECTIVE", help="extra #SBATCH directives, e.g. --gres=gpu:1")
     e.add_argument("--slurm-prologue", nargs="+", default=[], metavar="LINE", help="shell lines before the worker starts (module load ...)")
     e.add_argument("--slurm-print-job-script", action="store_true", help="print the job script that would be submitted and exit")
-    p.add_argument("--progress", choices=("text", "json", "none"), default="text")
+    O.add_arguments(p, O.OutputOptions, only=("progress",))
     return p
 
 

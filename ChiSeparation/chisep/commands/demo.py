@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from ..io import atomic_output_dir, write_json
-from ..pipeline import METHODS, versions, write_maps
+from ..options import METHODS
+from ..pipeline import versions, write_maps
 from ..progress import make_progress, scaled
 
 

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 
+from .. import options as O
 from ..io import InputError, OutputFolder, check_output_dir, save_nifti, write_json
-from ..preprocess.pipeline import BG_METHODS
 from ..progress import make_progress
-from .run import add_out_options, add_phase_unit_option
+from .run import add_out_options
 
 #: output file (without .nii.gz) -> unit
 OUTPUTS = {"local_field": "ppm", "total_field_hz": "Hz", "field_weight": "0..1 (inverse field noise std)",
@@ -32,7 +32,6 @@ def add_parser(sub):
                    help="GRE magnitude: a 4-D NIfTI, one 3-D NIfTI per echo, or a DICOM folder")
     p.add_argument("--gre-phase", nargs="+", required=True, metavar="F",
                    help="GRE phase (radians, degrees or scanner integers: see --phase-unit), same echoes and grid")
-    add_phase_unit_option(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--se-mag", nargs="+", metavar="F", help="multi-echo spin-echo magnitudes (for R2)")
     src.add_argument("--r2", metavar="F", help="R2 map (Hz) instead of --se-mag")
@@ -40,15 +39,8 @@ def add_parser(sub):
     add_out_options(p)
     p.add_argument("--te", nargs="+", type=float, metavar="S", help="GRE echo times (s); default from the sidecar")
     p.add_argument("--se-te", nargs="+", type=float, metavar="S", help="SE echo times (s); default from the sidecar")
-    p.add_argument("--b0", type=float, metavar="T", help="field strength (T); default MagneticFieldStrength or 3")
-    p.add_argument("--phase-sign", type=int, choices=(1, -1),
-                   help="+1: phase grows with frequency (default, or sidecar PhaseSign); -1: the other vendor sense")
-    p.add_argument("--unwrap", choices=("laplacian", "region-growing"), default="region-growing")
-    p.add_argument("--bg-method", choices=BG_METHODS, default="vsharp",
-                   help="background field removal (lbv-qsm: LBV plus the local field's boundary values from a first QSM)")
-    p.add_argument("--vsharp-radius", type=float, default=12.0, metavar="MM", help="largest V-SHARP radius (mm)")
-    p.add_argument("--bipolar", action="store_true", help="remove odd/even echo phase offsets (bipolar readout)")
-    p.add_argument("--progress", choices=("text", "json", "none"), default="text")
+    O.add_arguments(p, O.AcquisitionOptions, exclude=("field_unit",))
+    O.add_arguments(p, O.PreprocessOptions)
     return p
 
 
@@ -59,13 +51,13 @@ def load_inputs(args):
     from ..acquisition import check_b0, load_acquisition
     from .run import _one_or_list
 
-    if args.b0 is not None:
-        check_b0(args.b0, "--b0")
-    if not args.vsharp_radius > 0:
-        raise InputError(f"--vsharp-radius {args.vsharp_radius}: must be > 0 mm")
+    if args.b0_t is not None:
+        check_b0(args.b0_t, "--b0")
+    if not args.vsharp_radius_mm > 0:
+        raise InputError(f"--vsharp-radius {args.vsharp_radius_mm}: must be > 0 mm")
     return load_acquisition(_one_or_list(args.gre_mag), _one_or_list(args.gre_phase),
                             se=_one_or_list(args.se_mag), r2=args.r2, mask=args.mask, te_s=args.te,
-                            se_te_s=args.se_te, b0_t=args.b0, phase_unit=args.phase_unit,
+                            se_te_s=args.se_te, b0_t=args.b0_t, phase_unit=args.phase_unit,
                             phase_sign=args.phase_sign)
 
 
@@ -79,8 +71,8 @@ def run(args) -> int:
     acq = load_inputs(args)
     warn("preprocess", acq.warnings)
     with OutputFolder(args.out, overwrite=args.overwrite) as folder:
-        out = preprocess_gre(**acq.preprocess_kwargs(), unwrap=args.unwrap, bg_method=args.bg_method,
-                             vsharp_radius_mm=args.vsharp_radius, bipolar=args.bipolar, progress=progress)
+        opts = O.from_args(O.PreprocessOptions, args)
+        out = preprocess_gre(**acq.preprocess_kwargs(), **opts.preprocess_kwargs(), progress=progress)
         elapsed = time.perf_counter() - t0
         stage = folder.stage
         written = []
@@ -96,8 +88,7 @@ def run(args) -> int:
             "te_s": list(acq.te_s), "se_te_s": acq.se_te_s, "b0_t": acq.b0_t,
             "b0_dir": np.asarray(acq.b0_dir, float).tolist(), "phase_sign": acq.phase_sign,
             "acquisition": acq.report(), "warnings": list(acq.warnings),
-            "options": {"unwrap": args.unwrap, "bg_method": args.bg_method,
-                        "vsharp_radius_mm": args.vsharp_radius, "bipolar": args.bipolar},
+            "options": {**O.from_args(O.AcquisitionOptions, args).used(raw=True), **opts.preprocess_kwargs()},
             "outputs": written + ["report.json"], "units": {k: OUTPUTS[k] for k in OUTPUTS},
             "timings_s": {"preprocess": round(elapsed, 2)}})
     print(f"chisep preprocess: {folder.message}", file=sys.stderr)

@@ -17,7 +17,7 @@ that QSM-CI's own runner runs and scores chisep: qsm-ci run DIR --runner local -
 
 
 def add_parser(sub):
-    from ..pipeline import METHODS
+    from .. import options as O
 
     p = sub.add_parser("qsmci", help="run a QSM-CI stage (chi-separation, r2prime-generation) on a stage directory",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,7 +27,7 @@ def add_parser(sub):
                    help="instead of running: write a QSM-CI method folder (algorithm.yml + run.sh) for --stage "
                         "that QSM-CI's runner can run locally (qsm-ci run DIR --runner local ...)")
     p.add_argument("--stage", choices=("auto", "chi-separation", "r2prime-generation"), default="auto")
-    p.add_argument("--method", choices=METHODS, default="chisepnet-r2prime", help="chi-separation method")
+    O.add_arguments(p, O.RunOptions, only=("method",))
     p.add_argument("--qsm-channel", choices=("chimap", "closed-form"), default="chimap",
                    help="chi-sepnet's QSM input: the stage's chimap (default) or closed-form QSM of the local field")
     p.add_argument("--r2prime-method", choices=("network", "r2star-minus-r2"), default="network",

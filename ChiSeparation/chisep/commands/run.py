@@ -6,9 +6,9 @@ import sys
 import time
 from pathlib import Path
 
+from .. import options as O
 from ..io import InputError, OutputFolder, check_output_dir
-from ..pipeline import METHODS, preprocess_raw, separate, stage_maps
-from ..preprocess.pipeline import BG_METHODS
+from ..pipeline import preprocess_raw, separate, stage_maps
 from ..progress import make_progress, scaled
 
 HELP = """Chi-separation of one subject.
@@ -29,20 +29,11 @@ are never removed). Nothing is written until the run succeeds; an interrupted ru
 SIGTERM) leaves the folder as it was. User errors exit with code 2 before any computation."""
 
 
-def add_phase_unit_option(p):
-    """``--phase-unit`` (shared by ``run`` and ``preprocess``)."""
-    p.add_argument("--phase-unit", default="auto", metavar="U", type=str.lower,
-                   help="unit of --gre-phase: auto (default: from the values and the sidecar; ambiguous "
-                        "values are refused), rad, deg, mrad, int (scanner integers, bit depth from the "
-                        "values) or int<N> (e.g. int12)")
-
-
 def add_out_options(p):
-    """``--out`` and ``--overwrite`` (shared by ``run`` and ``preprocess``)."""
+    """``--out``, ``--overwrite`` and ``--progress`` (shared by ``run`` and ``preprocess``; the last two
+    from :class:`chisep.options.OutputOptions`)."""
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty; see --overwrite)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the files of an earlier chisep run in --out (only when this run succeeds; "
-                        "other files are never removed)")
+    O.add_arguments(p, O.OutputOptions)
 
 
 def add_parser(sub):
@@ -51,40 +42,27 @@ def add_parser(sub):
     raw = p.add_argument_group("raw inputs")
     raw.add_argument("--gre-mag", nargs="+", metavar="F", help="multi-echo GRE magnitude: 4-D NIfTI, one file per echo, or a DICOM folder")
     raw.add_argument("--gre-phase", nargs="+", metavar="F", help="multi-echo GRE phase (radians, degrees or scanner integers: see --phase-unit)")
-    add_phase_unit_option(raw)
     raw.add_argument("--se-mag", nargs="+", metavar="F", help="multi-echo spin-echo magnitude (for R2)")
     raw.add_argument("--te", nargs="+", type=float, metavar="S", help="GRE echo times in seconds (overrides sidecars)")
     raw.add_argument("--se-te", nargs="+", type=float, metavar="S", help="SE echo times in seconds (overrides sidecars)")
-    raw.add_argument("--phase-sign", type=int, choices=(1, -1), default=None,
-                     help="+1 if phase increases with frequency (default, or the sidecar's PhaseSign), -1 for the other vendor sense")
-    raw.add_argument("--unwrap", choices=("laplacian", "region-growing"), default="region-growing",
-                     help="spatial unwrapping of the first echo difference (default region-growing)")
-    raw.add_argument("--bg-method", choices=BG_METHODS, default="vsharp",
-                     help="background field removal: vsharp (default; what the shipped weights were trained on), lbv, lbv-qsm or pdf")
     proc = p.add_argument_group("processed inputs")
     proc.add_argument("--local-field", metavar="F", help="local (tissue) field map")
-    proc.add_argument("--field-unit", choices=("hz", "ppm", "rad"), default=None, help="unit of --local-field")
     proc.add_argument("--field-te", type=float, metavar="S", help="echo time (s) of a field given in rad")
     proc.add_argument("--r2star", metavar="F", help="R2* map in Hz")
     proc.add_argument("--r2prime", metavar="F", help="R2' map in Hz")
     proc.add_argument("--qsm", metavar="F", help="a QSM map (ppm) to use as chi-sepnet's QSM channel")
     proc.add_argument("--field-weight", metavar="F", help="reliability weight of the local field (0..1; regularized method)")
-    proc.add_argument("--magnitude", metavar="F", help="combined GRE magnitude (edge weights of the regularized method)")
+    proc.add_argument("--magnitude", metavar="F", help="combined GRE magnitude (edges of the regularized method)")
     both = p.add_argument_group("either")
     both.add_argument("--r2", metavar="F", help="R2 map in Hz (instead of --se-mag)")
     both.add_argument("--mask", metavar="F", help="brain mask (overrides the automatic mask)")
-    both.add_argument("--b0", type=float, metavar="T", help="field strength in tesla (default: sidecar, else 3)")
     out = p.add_argument_group("method and output")
+    groups = {"raw": raw, "processed": proc, "either": both}
+    O.add_arguments(p, O.AcquisitionOptions, groups)
+    # --vsharp-radius and --bipolar are chisep preprocess's (their defaults are what run uses)
+    O.add_arguments(p, O.PreprocessOptions, groups, only=("unwrap", "bg_method"))
     add_out_options(out)
-    out.add_argument("--method", choices=METHODS, default="chisepnet-r2prime")
-    out.add_argument("--weights", metavar="PATH", help="chi-sepnet weights: ours (.safetensors) or a published checkpoint (.pth/.pth.tar/.onnx); default built-in")
-    out.add_argument("--r2prime-weights", metavar="PATH", help="R2'-prediction net for chisepnet-r2star (default built-in)")
-    out.add_argument("--qsm-weights", metavar="PATH", help="a QSM net for the QSM channel (default: closed-form QSM)")
-    out.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    out.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    out.add_argument("--tile-size", type=int, metavar="N", help="run the network on overlapping N^3 tiles (less memory)")
-    out.add_argument("--dr", type=float, metavar="HZ_PER_PPM", help="relaxometric constant for --method regularized (default 114)")
-    out.add_argument("--progress", choices=("text", "json", "none"), default="text")
+    O.add_arguments(out, O.RunOptions)
     return p
 
 
@@ -123,13 +101,20 @@ def check_arguments(args):
             extra.append("--phase-unit")
         if extra:
             raise InputError(f"{', '.join(extra)}: for raw inputs (--gre-mag/--gre-phase), not with --local-field")
+        changed = [O.flag(O.get_field(O.PreprocessOptions, k)) for k in ("unwrap", "bg_method")
+                   if getattr(args, k, None) not in (None, O.get_field(O.PreprocessOptions, k).default)]
+        if changed:
+            raise InputError(f"{', '.join(changed)}: preprocessing of raw inputs (--gre-mag/--gre-phase); "
+                             f"processed maps (--local-field) are used as given")
         if args.field_unit == "rad" and args.field_te is None:
             raise InputError("--field-unit rad needs --field-te (the echo time in seconds of the phase)")
-    if args.b0 is not None:
+    if args.b0_t is not None:
         from ..acquisition import check_b0
-        check_b0(args.b0, "--b0")
+        check_b0(args.b0_t, "--b0")
     if args.tile_size is not None and args.tile_size < 16:
         raise InputError(f"--tile-size {args.tile_size}: use 16 or more voxels (or leave it out)")
+    if args.max_memory_gb is not None and not args.max_memory_gb > 0:
+        raise InputError(f"--max-memory {args.max_memory_gb}: give the memory in GiB (> 0), or leave it out")
     if args.dr is not None and not args.dr > 0:
         raise InputError(f"--dr {args.dr}: the relaxometric constant must be > 0 Hz/ppm")
 
@@ -205,7 +190,7 @@ def load_raw(args):
     from ..acquisition import load_acquisition
     return load_acquisition(_one_or_list(args.gre_mag), _one_or_list(args.gre_phase),
                             se=_one_or_list(args.se_mag), r2=args.r2, mask=args.mask, te_s=args.te,
-                            se_te_s=args.se_te, b0_t=args.b0, phase_unit=args.phase_unit,
+                            se_te_s=args.se_te, b0_t=args.b0_t, phase_unit=args.phase_unit,
                             phase_sign=args.phase_sign)
 
 
@@ -214,7 +199,7 @@ def load_processed(args):
     from ..acquisition import load_processed_maps
     return load_processed_maps(args.local_field, args.field_unit, args.mask, r2star=args.r2star, r2=args.r2,
                                r2prime=args.r2prime, qsm=args.qsm, field_weight=args.field_weight,
-                               magnitude=args.magnitude, b0_t=args.b0, field_te_s=args.field_te)
+                               magnitude=args.magnitude, b0_t=args.b0_t, field_te_s=args.field_te)
 
 
 def _check_method_inputs(args, have_r2prime: bool, have_r2star: bool):
@@ -231,12 +216,33 @@ def warn(command, warnings):
         print(f"chisep {command}: warning: {w}", file=sys.stderr)
 
 
+def options_of(args):
+    """The options contract's objects for a parsed ``chisep run`` command line, and the options the
+    run uses (what report.json records: preprocessing only for raw inputs, network options only for
+    the chi-sepnet methods)."""
+    raw = bool(args.gre_mag)
+    acq = O.from_args(O.AcquisitionOptions, args)
+    pre = O.from_args(O.PreprocessOptions, args)
+    run_opts = O.from_args(O.RunOptions, args)
+    used = dict(acq.used(raw))
+    if raw:
+        used.update(pre.preprocess_kwargs())
+    used.update(run_opts.used())
+    return acq, pre, run_opts, used
+
+
+#: argparse destinations that are options of the contract (recorded under "options", not "inputs")
+OPTION_NAMES = {f.name for cls in (O.AcquisitionOptions, O.PreprocessOptions, O.RunOptions, O.OutputOptions)
+                for f in O.fields(cls)}
+
+
 def run(args) -> int:
     progress = make_progress(args.progress)
     t0 = time.perf_counter()
     check_arguments(args)
     check_output_dir(args.out, args.overwrite)
-    inputs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("progress",)}
+    _, pre_opts, run_opts, used = options_of(args)
+    inputs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in OPTION_NAMES}
     if args.gre_mag:
         acq = load_raw(args)
         warnings = list(acq.warnings)
@@ -252,15 +258,16 @@ def run(args) -> int:
     warn("run", warnings)
     with OutputFolder(args.out, overwrite=args.overwrite) as out:
         if args.gre_mag:
-            maps = preprocess_raw(**acq.preprocess_kwargs(), progress=scaled(progress, 0.0, 0.5),
-                                  unwrap=args.unwrap, bg_method=args.bg_method)
+            maps = preprocess_raw(**acq.preprocess_kwargs(), options=pre_opts,
+                                  progress=scaled(progress, 0.0, 0.5))
         t_pre = time.perf_counter() - t0
-        res = separate(maps, args.method, weights=weights, device=args.device,
-                       precision=args.precision, tile_size=args.tile_size, dr=args.dr,
+        res = separate(maps, run_opts.method, weights=weights, device=run_opts.device,
+                       precision=run_opts.precision, tile_size=run_opts.tile_size, dr=run_opts.dr,
+                       max_memory_gb=run_opts.max_memory_gb,
                        progress=scaled(progress, 0.5 if args.gre_mag else 0.0, 0.98))
         res.report.setdefault("timings_s", {})["preprocess"] = round(t_pre, 3)
         res.report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
-        stage_maps(res, out.stage, extra_report={"inputs": inputs, "command": "chisep run",
+        stage_maps(res, out.stage, extra_report={"inputs": inputs, "options": used, "command": "chisep run",
                                                  "acquisition": input_report, "warnings": warnings})
     print(f"chisep run: {out.message}", file=sys.stderr)
     if progress:

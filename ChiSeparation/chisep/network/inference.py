@@ -33,6 +33,7 @@ import torch
 
 from .. import geometry
 from ..io import InputError
+from ..options import DEVICES, NETWORK_METHODS, PRECISIONS
 from ..physics import b0_direction_from_affine, voxel_size_from_affine
 from .unet import fuse_batchnorm, fuse_relu
 from .weights import BUILTIN_R2STAR_CHISEPNET, WeightSet, builtin_weights_dir, load_builtin, load_weights
@@ -42,14 +43,14 @@ ProgressFn = Optional[Callable[[float, str], None]]
 MULTIPLE = 16
 #: voxels of empty background kept around the mask's bounding box
 MARGIN = 8
-PRECISIONS = ("auto", "fp32", "channels_last", "bf16", "fp16")
 #: side of the probe volume on which ``auto`` times torch against onnxruntime (CPUs without bf16)
 PROBE_SIDE = 48
 
 
 # --------------------------------------------------------------------------- device / precision
 def resolve_device(device="auto") -> torch.device:
-    """``auto``: cuda > mps > cpu."""
+    """The torch device for a :data:`chisep.options.DEVICES` choice (``auto``: cuda > mps > cpu) or an
+    explicit torch device name (``cuda:1``); the one device resolution of inference and training."""
     name = "auto" if device in (None, "") else str(device)
     if name == "auto":
         if torch.cuda.is_available():
@@ -61,7 +62,7 @@ def resolve_device(device="auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or mps") from None
+        raise InputError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -578,8 +579,8 @@ def run_chisepnet(method: str, local_field_ppm, mask, affine, r2prime_hz=None, r
     the channel used, on the input grid), weights_info, device, precision, timings_s.
     """
     t0 = time.perf_counter()
-    if method not in ("chisepnet-r2prime", "chisepnet-r2star"):
-        raise InputError(f"unknown network method {method!r}; use chisepnet-r2prime or chisepnet-r2star")
+    if method not in NETWORK_METHODS:
+        raise InputError(f"unknown network method {method!r}; use one of {', '.join(NETWORK_METHODS)}")
     if method == "chisepnet-r2prime" and r2prime_hz is None:
         raise InputError("chisepnet-r2prime needs an R2' map (Hz)")
     if method == "chisepnet-r2star" and r2star_hz is None:

@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import physics
 from ..io import InputError
+from ..options import BG_METHODS
 from ..progress import scaled
 from .background import lbv, lbv_qsm, pdf, vsharp
 from .combine import (combine_echoes, dephasing_significance, echo_fit_residual, initial_frequency,
@@ -13,8 +14,6 @@ from .mask import brain_mask, lbv_boundary_mask, reliable_mask
 from .relaxometry import r2_from_se, r2star
 from .unwrap import unwrap_echoes
 
-#: background-field removal methods of :func:`preprocess_gre`
-BG_METHODS = ("vsharp", "lbv", "lbv-qsm", "pdf")
 
 
 def _check(name, arr, ndim):
@@ -84,6 +83,7 @@ def preprocess_gre(mag, phase, te_s, affine, b0_t: float = 3.0, se_mag=None, se_
         raise InputError("chi-separation needs at least 2 GRE echoes (3 or more for a good R2*)")
     if not np.any(phase):
         raise InputError("the GRE phase is zero everywhere")
+    # the one check of bg_method (choices declared in chisep.options)
     if bg_method not in BG_METHODS:
         raise InputError(f"unknown background removal {bg_method!r}; use one of {', '.join(BG_METHODS)}")
     vs = physics.voxel_size_from_affine(affine)

@@ -17,6 +17,8 @@ import scipy.fft as sfft
 import scipy.ndimage as ndi
 
 from .. import physics
+from ..io import InputError
+from ..options import UNWRAP_METHODS
 
 
 def _laplacian_eigen(shape, voxel_size):
@@ -165,10 +167,10 @@ def unwrap_echoes(mag, phase, te_s, mask, voxel_size=(1.0, 1.0, 1.0), method: st
     if method == "laplacian":
         # unmasked: zeroing outside the mask would add artificial wraps at its border
         d_unw = make_congruent(unwrap_laplacian(d01, voxel_size), d01, m) * m
-    elif method in ("region-growing", "region_growing", "romeo"):
+    elif method == "region-growing":
         d_unw = unwrap_region_growing(d01 * m, m)
     else:
-        raise ValueError(f"unknown unwrapping method {method!r}; use laplacian or region-growing")
+        raise InputError(f"unknown unwrapping method {method!r}; use one of {', '.join(UNWRAP_METHODS)}")
     if method == "laplacian":
         d_unw = fix_isolated_jumps(d_unw, m)
     # remove the global 2 pi k ambiguity: the field averaged over the brain is small

@@ -100,16 +100,6 @@ def build_model(kind, width):
     return ChiSepUNet(in_channels=len(ins), out_channels=len(outs), width=int(width))
 
 
-def pick_device(name="auto"):
-    import torch
-
-    if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 # --------------------------------------------------------------------------- batches
 #: cache key of each channel: the one table of :mod:`chisep.training.data` (also used to compute the
 #: normalisation constants), so the z-scored inputs and the constants always name the same maps
@@ -431,7 +421,8 @@ def train(cfg: TrainConfig, log=print):
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(int(cfg.threads), 1))
-    device = pick_device(cfg.device)
+    from ..network.inference import resolve_device
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2 ** 32))
     jlog = _JsonLog(out / "metrics.jsonl")
@@ -598,7 +589,8 @@ def train(cfg: TrainConfig, log=print):
 # --------------------------------------------------------------------------- evaluation / export
 def evaluate_checkpoint(ckpt, cache, device="auto", bf16=False, tile=96):
     """Whole-volume metrics of a checkpoint on every validation volume (val_*) of a cache."""
-    dev = pick_device(device)
+    from ..network.inference import resolve_device
+    dev = resolve_device(device)
     model, ck = model_from_checkpoint(ckpt, dev)
     kind, norm = ck["config"]["kind"], ck["norm"]
     ac = _autocast_factory(dev, bf16)
