@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 SLICER58_PINS = ("numpy==1.26.4", "scipy==1.13.1")

@@ -23,7 +23,6 @@ import json
 import pathlib
 import sys
 import types
-import typing
 
 
 class Signal:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest

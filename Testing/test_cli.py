@@ -1,6 +1,5 @@
 """`chisep` command line end to end on a small simulated head: demo, run (raw and processed), errors."""
 import json
-import os
 
 import nibabel as nib
 import numpy as np

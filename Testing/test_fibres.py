@@ -48,7 +48,7 @@ def test_signal_angle_dependence_follows_sin2_theta():
     s2 = np.sin(THETAS) ** 2
     fit = np.polyfit(s2, slope, 1)
     assert np.max(np.abs(np.polyval(fit, s2) - slope)) < 1e-4 * np.ptp(slope)
-    fm, fa, fe = mwf, (1 - mwf) * PAR.f_axon, (1 - mwf) * (1 - PAR.f_axon)
+    fm, fa = mwf, (1 - mwf) * PAR.f_axon
     m90, a90, _ = F.pool_frequencies_ppm(np.pi / 2, PAR)
     m0, _, _ = F.pool_frequencies_ppm(0.0, PAR)
     b_expected = P.ppm_to_hz(fm * (m90 - m0) + fa * a90, b0)

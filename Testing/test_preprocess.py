@@ -5,7 +5,6 @@ import pytest
 import scipy.ndimage as ndi
 
 from chisep import physics
-from chisep.io import InputError
 from chisep.preprocess import (combine_echoes, dice, erode, preprocess_gre, r2star_arlo, r2star_fit,
                                unwrap_echoes, unwrap_region_growing, vsharp, lbv, lbv_qsm)
 from chisep.simulate import simulate_head, write_simulation

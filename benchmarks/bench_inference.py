@@ -235,7 +235,7 @@ def main():
                   f"  engine {eng or c['engine']}{err}{extra}  [{tag}]", flush=True)
     for w in (32, 16):
         o = results.get(f"w{w}-onnxruntime-fp32-whole")
-        au, wh = results.get(f"w{w}-auto-whole"), None
+        au = results.get(f"w{w}-auto-whole")
         if o and au:
             print(f"width {w}: auto whole {au:.2f} s vs onnxruntime fp32 {o:.2f} s -> {o / au:.2f}x  [{tag}; {cpu_summary(feats)}]")
         for n, t in results.items():

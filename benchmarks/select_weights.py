@@ -28,7 +28,7 @@ import numpy as np
 from chisep import metrics
 from chisep.evaluation import lesion_rows, preprocess_from_files, run_methods
 from chisep.report import accuracy
-from chisep.simulate import TISSUE_LABELS, simulate_head, write_simulation
+from chisep.simulate import simulate_head, write_simulation
 
 METHOD = {"r2p": "chisepnet-r2prime", "r2s": "chisepnet-r2star"}
 
