@@ -149,6 +149,18 @@ def _number(value, key, where, *, allow_list=False):
     return one(value)
 
 
+def _b0_from_sidecar(value, where, label, option, prov, warnings) -> float:
+    """The field strength (T) from a sidecar/header value found at ``where``, or the 3 T default with a
+    warning (recorded in ``prov`` and ``warnings``) when ``value`` is None."""
+    if value is not None:
+        prov["b0_t"] = where
+        return check_b0(_number(value, "MagneticFieldStrength", where), where)
+    prov["b0_t"] = "default (assumed)"
+    warnings.append(f"field strength not given (no {option} and no MagneticFieldStrength in the sidecar "
+                    f"of {label}): assumed {DEFAULT_B0_T:g} T; give {option} if it differs")
+    return DEFAULT_B0_T
+
+
 def check_b0(b0_t, where="--b0") -> float:
     """A field strength in tesla: a finite number in (0, 30]."""
     try:
@@ -589,14 +601,7 @@ def load_acquisition(mag, phase, se=None, r2=None, mask=None, te_s=None, se_te_s
             v, where = p.side("MagneticFieldStrength")
         if v is None and m.b0_t is not None:
             v, where = m.b0_t, f"{m.label} (DICOM header)"
-        if v is not None:
-            b0 = check_b0(_number(v, "MagneticFieldStrength", where), where)
-            prov["b0_t"] = where
-        else:
-            b0 = DEFAULT_B0_T
-            prov["b0_t"] = "default (assumed)"
-            warnings.append(f"field strength not given (no {o['b0']} and no MagneticFieldStrength in the "
-                            f"sidecar of {m.label}): assumed {DEFAULT_B0_T:g} T; give {o['b0']} if it differs")
+        b0 = _b0_from_sidecar(v, where, m.label, o["b0"], prov, warnings)
     # B0 direction
     v, where = m.side("B0Direction")
     if v is None:
@@ -687,15 +692,7 @@ def load_processed_maps(local_field, field_unit, mask, r2star=None, r2=None, r2p
     field, affine = load_nifti(field_path, ndim=3)
     if b0_t is None:
         v = read_sidecar(field_path).get("MagneticFieldStrength")
-        if v is not None:
-            where = str(sidecar_path(field_path))
-            b0 = check_b0(_number(v, "MagneticFieldStrength", where), where)
-            prov["b0_t"] = where
-        else:
-            b0 = DEFAULT_B0_T
-            prov["b0_t"] = "default (assumed)"
-            warnings.append(f"field strength not given (no {o['b0']} and no MagneticFieldStrength in the sidecar "
-                            f"of {field_path}): assumed {DEFAULT_B0_T:g} T; give {o['b0']} if it differs")
+        b0 = _b0_from_sidecar(v, str(sidecar_path(field_path)), field_path, o["b0"], prov, warnings)
     marr, maff = load_nifti(mask, ndim=3)
     check_same_grid(mask, "the mask", marr.shape, maff, field_path, field.shape, affine, "--local-field")
     maps = {"mask": check_binary_mask(marr, mask)}
