@@ -1,5 +1,5 @@
 """The training-data chain for real on tiny heads (no stand-in): a cache built by
-``chisep.training.data.build_cache`` from simulated 64^3 heads through the inference chain, checked
+``chisep train-cache`` (:func:`chisep.training.data.build_cache`) from simulated 64^3 heads through the inference chain, checked
 against the simulation's truth and against the inference pipeline; then ``chisep train`` on it and
 ``chisep train --evaluate``, whose numbers are recomputed here."""
 from __future__ import annotations
@@ -23,8 +23,10 @@ def _nrmse(a, t, m):
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     d = tmp_path_factory.mktemp("cache")
-    D.build_cache(d, heads=[TRAIN_SEED], val=[VAL_SEED], size="small", workers=1, log=lambda m: None,
-                  n_lesions=N_LESIONS)
+    from chisep.cli import main
+
+    assert main(["train-cache", "--out", str(d), "--heads", str(TRAIN_SEED), "--val", str(VAL_SEED),
+                 "--size", "small", "--workers", "1", "--lesions", str(N_LESIONS)]) == 0
     return d
 
 

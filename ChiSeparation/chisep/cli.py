@@ -17,7 +17,7 @@ from .io import InputError, Terminated
 from .options import OptionError
 
 #: subcommand name -> module under chisep.commands (kept in the order --help lists them)
-COMMANDS = ["simulate", "preprocess", "run", "lesions", "train", "demo", "bids", "qsmci"]
+COMMANDS = ["simulate", "preprocess", "run", "lesions", "train", "train_cache", "demo", "bids", "qsmci"]
 
 EPILOG = """units: susceptibility in ppm (|chi_dia| stored as a positive magnitude,
 chi_total = chi_para - |chi_dia|); relaxation rates R2*, R2, R2' in Hz (1/s);

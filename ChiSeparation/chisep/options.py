@@ -226,7 +226,8 @@ def add_arguments(parser, cls, groups: Optional[dict] = None, only=None, exclude
         target = groups.get(m.get("group"), parser)
         kw = {"dest": f.name, "default": f.default, "help": m["help"]}
         if f.type in ("bool", bool):
-            kw["action"] = "store_true"
+            # a flag sets the opposite of the default (``--no-flips`` for a field that defaults to True)
+            kw["action"] = "store_false" if f.default is True else "store_true"
         else:
             if m.get("type") is not None:
                 kw["type"] = m["type"]
@@ -255,7 +256,7 @@ def to_argv(obj, always=()) -> list:
         if v is None or (v == f.default and f.name not in always):
             continue
         if isinstance(v, bool):
-            if v:
+            if v != f.default:
                 out.append(flag(f))
             continue
         out += [flag(f), repr(v) if isinstance(v, float) else str(v)]

@@ -35,14 +35,14 @@ that are exact for the physics: flips of each axis, a swap of the two axes trans
 common scale factor on chi, field, QSM and R2' (everything is linear; R2* = R2 + R2' gets the scaled
 R2').
 
-Build a cache in the background (resumable: existing files are skipped)::
+Build a cache in the background (resumable: existing files are skipped) with ``chisep train-cache``
+(:mod:`chisep.commands.train_cache`; ``python -m chisep.training.data`` runs the same command)::
 
-    python -m chisep.training.data --out runs/cache --heads 1000-1011 --val 900-903 \
+    chisep train-cache --out runs/cache --heads 1000-1011 --val 900-903 \
         --shapes 5000-5011 --workers 2
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -334,20 +334,6 @@ def _job(args):
         arrays = make_head_volume(seed, size=size, n_lesions=n_lesions)
     _save_atomic(path, arrays)
     return name, f"{time.time() - t0:.0f} s"
-
-
-def _seeds(spec):
-    out = []
-    for part in (spec or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            a, b = part.split("-")
-            out += list(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
-    return out
 
 
 def build_cache(out_dir, heads=(), val=(), shapes=(), workers: int = 1, size: str = "full",
@@ -687,34 +673,10 @@ def add_predicted_r2prime(cache_dir, weights="builtin", device="cpu", log=print)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Build the chi-sepnet training cache (resumable).")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--heads", default="", help="training head seeds, e.g. 1000-1011 (>= 1000)")
-    ap.add_argument("--val", default="", help="validation head seeds, e.g. 900-903")
-    ap.add_argument("--shapes", default="", help="random-shape volume seeds, e.g. 5000-5011")
-    ap.add_argument("--size", default="full", choices=("small", "full"))
-    ap.add_argument("--wide", default="", help="widened volumes of our simulator (random acquisition, "
-                    "fibre white matter; training/widen.py), e.g. 2000-2039")
-    ap.add_argument("--val-wide", default="", help="widened validation volumes, e.g. 950-953")
-    ap.add_argument("--qsmf", default="", help="qsm-forward-model volumes (never loaded for training)")
-    ap.add_argument("--wide-size", default="small", choices=("small", "full"))
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--lesions", type=int, default=None,
-                    help="lesions per training head (default: 10-30, drawn per seed)")
-    ap.add_argument("--add-lesions", action="store_true",
-                    help="add the truth lesion mask to cached volumes that lack it (re-simulates them)")
-    ap.add_argument("--predict-r2prime", metavar="WEIGHTS",
-                    help="add r2p_pred (R2' predicted from R2*) to every volume: 'builtin' or a weights file")
-    a = ap.parse_args(argv)
-    log = lambda m: print(m, flush=True)  # noqa: E731
-    build_cache(a.out, _seeds(a.heads), _seeds(a.val), _seeds(a.shapes), a.workers, a.size,
-                log=log, n_lesions=a.lesions, wide=_seeds(a.wide), val_wide=_seeds(a.val_wide),
-                qsmf=_seeds(a.qsmf), wide_size=a.wide_size)
-    if a.add_lesions:
-        add_lesion_masks(a.out, log=log)
-    if a.predict_r2prime:
-        add_predicted_r2prime(a.out, a.predict_r2prime, log=log)
-    return 0
+    """``python -m chisep.training.data ARGS`` is ``chisep train-cache ARGS``."""
+    from ..cli import main as cli_main
+
+    return cli_main(["train-cache", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

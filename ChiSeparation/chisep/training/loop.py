@@ -22,68 +22,15 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from . import data as D
-from .losses import LossWeights, chisep_loss, r2prime_loss
-
-KINDS = ("chisepnet-r2prime", "r2prime-from-r2star")
-
-
-@dataclass
-class TrainConfig:
-    out: str
-    kind: str = "chisepnet-r2prime"
-    cache: Optional[str] = None
-    width: int = 16
-    steps: int = 1000
-    batch: int = 2
-    patch: int = 64
-    lr: float = 3e-4
-    lr_schedule: str = "constant"       # constant | cosine (to lr_min at `steps`)
-    lr_min: float = 1e-5
-    seed: int = 0
-    resume: bool = False
-    bf16: bool = False
-    channels_last: bool = False
-    device: str = "auto"
-    threads: int = 2
-    val_every: int = 200
-    ckpt_every: int = 200
-    log_every: int = 20
-    max_minutes: float = 0.0             # 0 = no time limit
-    stop_at: float = 0.0                 # unix time to stop at (0 = none); also ends the cosine schedule
-    p_shapes: float = 0.25
-    scale_min: float = 0.6
-    scale_max: float = 1.6
-    flips: bool = True
-    val_patches: int = 4                 # fixed validation patches per held-out volume
-    refresh_every: int = 0               # re-scan the cache for new volumes every N steps (0 = never)
-    min_volumes: int = 1                 # wait for this many training volumes before starting
-    w_l1: float = 1.0
-    w_gdl: float = 0.1
-    w_field: float = 1.0
-    w_qsm: float = 1.0
-    w_r2p: float = 1.0
-    shapes_only: bool = False            # train on freshly generated random-shape patches (tests)
-    shapes_pool: int = 0                 # with shapes_only: draw from this many fixed patches (0 = fresh)
-    init_norm: Optional[dict] = None     # normalisation to use instead of computing it
-    grad_clip: float = 0.0
-    p_lesion: float = 0.0                # fraction of head patches centred on a lesion (cache needs `lesion`)
-    lesion_weight: float = 1.0           # weight of lesion voxels in the L1 term (1 = published loss)
-    r2prime_key: str = "r2p"             # cache key of chi-sepnet's R2' input; r2p_pred = R2* pipeline
-    snapshot_every: int = 0              # keep a model-only copy ckpt_step<N>.pt every N steps (0 = never)
-    warmup_steps: int = 0                # linear lr ramp over the first N steps (fine-tuning: RMSprop's
-                                         # empty square-average makes its first steps ~10x too large)
-
-    @property
-    def loss_weights(self):
-        return LossWeights(self.w_l1, self.w_gdl, self.w_field, self.w_qsm, self.w_r2p)
-
+from .config import KINDS, TrainConfig
+from .losses import chisep_loss, r2prime_loss
 
 def channels(kind):
     if kind == "chisepnet-r2prime":
