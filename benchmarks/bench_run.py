@@ -92,6 +92,8 @@ def child(argv, out_json):
     acc["imports"] = time.perf_counter() - t0
     rc = cli.main(argv)
     acc["in-process total"] = time.perf_counter() - t0
+    if rc:   # a refused or failed run must not be timed (nor its folder's older report read)
+        sys.exit(rc)
     rep = json.load(open(os.path.join(argv[argv.index("--out") + 1], "report.json")))
     from chisep.network.inference import cpu_features
     json.dump({"rc": rc, "stages": acc, "engine": (rep.get("weights") or {}).get("engine"),
@@ -124,6 +126,7 @@ def main():
               flush=True)
         for r in range(a.reps):
             js = os.path.join(tmp, f"r{r}.json")
+            argv[argv.index("--out") + 1] = os.path.join(tmp, f"out{r}")   # a fresh folder per run
             la = os.getloadavg()[0]
             t = time.perf_counter()
             ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)

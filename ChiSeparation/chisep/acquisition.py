@@ -149,6 +149,14 @@ def _number(value, key, where, *, allow_list=False):
     return one(value)
 
 
+def _side_of_either(mag, phase, key):
+    """A sidecar/header value from the magnitude's sidecar, else the phase's: ``(value, where)``."""
+    v, where = mag.side(key)
+    if v is None:
+        v, where = phase.side(key)
+    return v, where
+
+
 def _b0_from_sidecar(value, where, label, option, prov, warnings) -> float:
     """The field strength (T) from a sidecar/header value found at ``where``, or the 3 T default with a
     warning (recorded in ``prov`` and ``warnings``) when ``value`` is None."""
@@ -596,16 +604,12 @@ def load_acquisition(mag, phase, se=None, r2=None, mask=None, te_s=None, se_te_s
     if b0_t is not None:
         b0, prov["b0_t"] = b0_t, o["b0"]
     else:
-        v, where = m.side("MagneticFieldStrength")
-        if v is None:
-            v, where = p.side("MagneticFieldStrength")
+        v, where = _side_of_either(m, p, "MagneticFieldStrength")
         if v is None and m.b0_t is not None:
             v, where = m.b0_t, f"{m.label} (DICOM header)"
         b0 = _b0_from_sidecar(v, where, m.label, o["b0"], prov, warnings)
     # B0 direction
-    v, where = m.side("B0Direction")
-    if v is None:
-        v, where = p.side("B0Direction")
+    v, where = _side_of_either(m, p, "B0Direction")
     if v is not None:
         b0_dir = check_b0_direction(v, where)
         prov["b0_dir"] = where
@@ -616,9 +620,7 @@ def load_acquisition(mag, phase, se=None, r2=None, mask=None, te_s=None, se_te_s
     if phase_sign is not None:
         sign, prov["phase_sign"] = phase_sign, o["phase_sign"]
     else:
-        v, where = m.side("PhaseSign")
-        if v is None:
-            v, where = p.side("PhaseSign")
+        v, where = _side_of_either(m, p, "PhaseSign")
         if v is not None:
             sign, prov["phase_sign"] = check_phase_sign(v, where), where
         else:

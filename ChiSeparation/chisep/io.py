@@ -122,13 +122,21 @@ def save_nifti(path, data, affine, *, dtype=np.float32, sidecar: dict | None = N
 
 def write_json(path, obj) -> Path:
     """Write JSON atomically."""
+    def write(fh):
+        json.dump(obj, fh, indent=2, default=_json_default)
+        fh.write("\n")
+    return _write_text_atomically(path, ".json", write)
+
+
+def _write_text_atomically(path, suffix: str, write) -> Path:
+    """Create ``path`` through a temporary file in its folder (``write(fh)`` fills it), then rename:
+    readers never see a half-written file. The file follows the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_json_default)
-            fh.write("\n")
+            write(fh)
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
@@ -151,20 +159,11 @@ def _tsv_cell(v) -> str:
 def write_tsv(path, cols, rows) -> Path:
     """Write rows (dicts) as a tab-separated table with the header ``cols``, atomically; missing keys
     and non-finite numbers are ``n/a``. The file follows the umask."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".tsv", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\t".join(cols) + "\n")
-            for r in rows:
-                fh.write("\t".join(_tsv_cell(r.get(c)) for c in cols) + "\n")
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    def write(fh):
+        fh.write("\t".join(cols) + "\n")
+        for r in rows:
+            fh.write("\t".join(_tsv_cell(r.get(c)) for c in cols) + "\n")
+    return _write_text_atomically(path, ".tsv", write)
 
 
 def _json_default(o):
