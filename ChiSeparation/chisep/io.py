@@ -105,16 +105,8 @@ def save_nifti(path, data, affine, *, dtype=np.float32, sidecar: dict | None = N
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=float))
     img.set_sform(np.asarray(affine, dtype=float), code=1)
     img.set_qform(np.asarray(affine, dtype=float), code=1)
-    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, ".nii.gz" if str(path).endswith(".nii.gz") else ".nii") as tmp:
         nib.save(img, tmp)
-        os.chmod(tmp, _file_mode())   # mkstemp makes 0600; outputs follow the umask like any file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     if sidecar is not None:
         write_json(sidecar_path(path), sidecar)
     return path
@@ -125,24 +117,33 @@ def write_json(path, obj) -> Path:
     def write(fh):
         json.dump(obj, fh, indent=2, default=_json_default)
         fh.write("\n")
-    return _write_text_atomically(path, ".json", write)
+    return write_text_atomically(path, ".json", write)
 
 
-def _write_text_atomically(path, suffix: str, write) -> Path:
-    """Create ``path`` through a temporary file in its folder (``write(fh)`` fills it), then rename:
-    readers never see a half-written file. The file follows the umask."""
+@contextlib.contextmanager
+def atomic_file(path, suffix: str):
+    """Yield a temporary file name in ``path``'s folder to write; when the block ends without an
+    error the file gets the umask's mode (mkstemp makes 0600) and is renamed to ``path``, so readers
+    never see a half-written file; on an error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            write(fh)
+        yield tmp
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+
+
+def write_text_atomically(path, suffix: str, write, newline=None) -> Path:
+    """Create the text file ``path`` through :func:`atomic_file`; ``write(fh)`` fills it."""
+    with atomic_file(path, suffix) as tmp:
+        with open(tmp, "w", newline=newline) as fh:
+            write(fh)
+    return Path(path)
 
 
 def _tsv_cell(v) -> str:
@@ -163,7 +164,7 @@ def write_tsv(path, cols, rows) -> Path:
         fh.write("\t".join(cols) + "\n")
         for r in rows:
             fh.write("\t".join(_tsv_cell(r.get(c)) for c in cols) + "\n")
-    return _write_text_atomically(path, ".tsv", write)
+    return write_text_atomically(path, ".tsv", write)
 
 
 def _json_default(o):

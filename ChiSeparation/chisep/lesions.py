@@ -62,8 +62,6 @@ Edge cases
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -481,18 +479,11 @@ def write_lesion_csv(rows: list, path, map_names=None) -> Path:
     cols = table_columns(map_names)
     for r in rows:
         cols += [k for k in r if k not in cols]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".csv", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(cols)
-            for r in rows:
-                w.writerow([_fmt(r.get(c)) for c in cols])
-        from .io import _file_mode
-        os.chmod(tmp, _file_mode())   # mkstemp makes 0600; follow the umask
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from .io import write_text_atomically
+
+    def write(fh):
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([_fmt(r.get(c)) for c in cols])
+    return write_text_atomically(path, ".csv", write, newline="")

@@ -12,13 +12,11 @@ Units: chi_para, |chi_dia|, chi_total in ppm; R2' in Hz. Empty cells are ``n/a``
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError, load_nifti, write_tsv
+from ..io import InputError, atomic_file, load_nifti, write_tsv
 from .layout import find_jobs, output_paths
 from .subject import roi_key
 
@@ -116,14 +114,10 @@ def qc_figure(rows: list, path) -> Path:
     if not rows:
         axes[0, 0].set_title("no completed subjects")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=80)
+    with atomic_file(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def run_group(out_root, bids_dir, participant_label=None, session_label=None) -> dict:
