@@ -8,7 +8,7 @@ import pytest
 
 from chisep.acquisition import (AFFINE_TOL_MM, decide_phase_unit, grid_mismatch, load_acquisition,
                                 load_processed_maps, phase_to_radians)
-from chisep.io import InputError
+from chisep.io import InputError, save_nifti
 from chisep.preprocess import preprocess_gre
 from chisep.simulate import simulate_head, write_simulation
 
@@ -26,13 +26,7 @@ def files(head, tmp_path_factory):
 
 
 def _save(path, arr, affine, sidecar=None, dtype=np.float32):
-    img = nib.Nifti1Image(np.asarray(arr).astype(dtype), affine)
-    img.set_sform(affine, code=1)
-    img.set_qform(affine, code=1)
-    nib.save(img, str(path))
-    if sidecar is not None:
-        path.with_name(path.name.replace(".nii.gz", ".json")).write_text(json.dumps(sidecar))
-    return path
+    return save_nifti(path, arr, affine, dtype=dtype, sidecar=sidecar)
 
 
 def _wrapdiff(a, b):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from chisep.cli import main
-from chisep.io import LOCK_NAME, MANIFEST_NAME
+from chisep.io import LOCK_NAME, MANIFEST_NAME, save_nifti
 from chisep.simulate import simulate_head, write_simulation
 
 
@@ -36,13 +36,8 @@ def _img(path):
 
 
 def _save(path, arr, affine, sidecar=None, dtype=np.float32):
-    img = nib.Nifti1Image(np.asarray(arr).astype(dtype), affine)
-    img.set_sform(affine, code=1)
-    img.set_qform(affine, code=1)
-    nib.save(img, str(path))
-    if sidecar is not None:
-        Path(str(path).replace(".nii.gz", ".json")).write_text(json.dumps(sidecar))
-    return str(path)
+    """A NIfTI (+ sidecar) for the CLI's argument list (a str)."""
+    return str(save_nifti(path, arr, affine, dtype=dtype, sidecar=sidecar))
 
 
 def _sidecar(d, name):

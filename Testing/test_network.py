@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from chisep.io import InputError  # noqa: E402
+from common import ellipsoid_grid, untrained_net  # noqa: E402
 from chisep.network import weights as W  # noqa: E402
 from chisep.network.inference import predict_chisep  # noqa: E402
 from chisep.network.unet import ChiSepUNet, fuse_batchnorm  # noqa: E402
@@ -21,23 +22,12 @@ AUTHOR_NAMES = ["conv11", "conv12", "conv21", "conv22", "conv31", "conv32", "con
 
 
 def _net(cin=3, cout=2, width=4, seed=0):
-    """A random net with non-trivial BatchNorm statistics, in eval mode."""
-    torch.manual_seed(seed)
-    m = ChiSepUNet(cin, cout, width)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm3d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.1, 0.1)
-    return m.eval()
+    """A random net with non-trivial BatchNorm statistics, scale and shift, in eval mode."""
+    return untrained_net(cin, cout, width, seed, random_bn_affine=True)
 
 
 def _volume(shape=(40, 44, 36), seed=0):
-    g = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
-    c = [(n - 1) / 2 for n in shape]
-    mask = sum(((a - cc) / (0.42 * n)) ** 2 for a, cc, n in zip(g, c, shape)) < 1
+    g, c, mask = ellipsoid_grid(shape)
     rng = np.random.default_rng(seed)
     f = (0.01 * np.sin(g[0] / 5) * np.cos(g[1] / 7) + 0.002 * rng.standard_normal(shape)).astype(np.float32)
     q = (2 * f + 0.01 * np.cos(g[2] / 6)).astype(np.float32)

@@ -11,21 +11,10 @@ from chisep import physics as P  # noqa: E402
 from chisep.io import InputError  # noqa: E402
 from chisep.network import inference as I  # noqa: E402
 from chisep.network import weights as W  # noqa: E402
-from chisep.network.unet import ChiSepUNet  # noqa: E402
+from common import untrained_net  # noqa: E402
 
 torch.set_num_threads(2)
 MAPS = ("chi_para", "chi_dia", "chi_total")
-
-
-def _net(cin=3, cout=2, width=4, seed=0):
-    torch.manual_seed(seed)
-    m = ChiSepUNet(cin, cout, width)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm3d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-    return m.eval()
 
 
 #: output constants with mean 0 so that the comparisons are not dominated by the mean offset
@@ -34,7 +23,7 @@ NORM = dict(W.PUBLISHED_NORMALISATION, chi_para=(0.0, 0.03), chi_dia=(0.0, 0.03)
 
 @pytest.fixture(scope="module")
 def ws():
-    return W.WeightSet(_net(), "chisepnet-r2prime", dict(NORM), width=4)
+    return W.WeightSet(untrained_net(), "chisepnet-r2prime", dict(NORM), width=4)
 
 
 def _inputs(shape, vs=(1, 1, 1), seed=0, shrink=0.84):
@@ -161,8 +150,8 @@ def test_r2star_pipeline_and_qsm_channel_sources(ws):
     shape = (40, 44, 36)
     f, r2p, q, mask = _inputs(shape)
     r2s = (r2p + 12) * mask
-    rw = W.WeightSet(_net(1, 1, 2, seed=5), "r2prime-from-r2star", dict(NORM), width=2)
-    qw = W.WeightSet(_net(1, 1, 2, seed=6), "qsm", dict(NORM), width=2)
+    rw = W.WeightSet(untrained_net(1, 1, 2, seed=5), "r2prime-from-r2star", dict(NORM), width=2)
+    qw = W.WeightSet(untrained_net(1, 1, 2, seed=6), "qsm", dict(NORM), width=2)
     r2p_hat = I.predict_r2prime_from_r2star(rw, r2s, mask, np.eye(4), precision="fp32")
     assert r2p_hat.shape == shape and r2p_hat.min() >= 0 and np.all(r2p_hat[~mask] == 0)
     assert np.mean(r2p_hat[mask] > 0) > 0.5
@@ -203,7 +192,7 @@ def test_errors(ws):
     with pytest.raises(InputError, match="R2'"):
         I.run_chisepnet("chisepnet-r2prime", f, mask, np.eye(4), weights=ws)
     with pytest.raises(InputError, match="needs chisepnet-r2prime"):
-        I.predict_chisep(W.WeightSet(_net(1, 1, 2), "qsm", NORM), f, r2p, q, mask, np.eye(4))
+        I.predict_chisep(W.WeightSet(untrained_net(1, 1, 2), "qsm", NORM), f, r2p, q, mask, np.eye(4))
 
 
 def test_engine_record_and_cpu_features(ws):

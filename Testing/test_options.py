@@ -23,7 +23,7 @@ from chisep.cli import build_parser, main  # noqa: E402
 from chisep.io import file_sha256, load_nifti, save_nifti  # noqa: E402
 from chisep.network import inference as I  # noqa: E402
 from chisep.network import weights as W  # noqa: E402
-from chisep.network.unet import ChiSepUNet  # noqa: E402
+from common import ellipsoid_grid, untrained_net  # noqa: E402
 from chisep.preprocess import pipeline as PP  # noqa: E402
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parents[1] / "ChiSeparation"
@@ -113,24 +113,11 @@ def test_slicer_panel_choices_are_the_contract(monkeypatch):
 
 # --------------------------------------------------------------------------- reaching the consumer
 
-def _net(cin, cout, seed):
-    torch.manual_seed(seed)
-    m = ChiSepUNet(cin, cout, 2)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm3d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-    return m.eval()
-
-
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     """A three-echo GRE of an ellipsoid, phase with sign -1, plus tiny chi-sepnet, R2' and QSM nets."""
     d = tmp_path_factory.mktemp("opts")
-    g = np.meshgrid(*[np.arange(n, dtype=float) for n in SHAPE], indexing="ij")
-    c = [(n - 1) / 2 for n in SHAPE]
-    mask = sum(((a - cc) / (0.42 * n)) ** 2 for a, cc, n in zip(g, c, SHAPE)) < 1
+    g, c, mask = ellipsoid_grid(SHAPE)
     f_hz = 40.0 * (g[0] - c[0]) / SHAPE[0] + 3.0 * np.sin(g[1] / 4) * np.cos(g[2] / 5)
     r2s = 20 + 5 * np.cos(g[2] / 6)
     te = np.asarray(TE)
@@ -139,11 +126,11 @@ def raw(tmp_path_factory):
     aff = np.diag([1.0, 1.0, 1.0, 1.0])
     files = {"mag": save_nifti(d / "mag.nii.gz", mag, aff), "phase": save_nifti(d / "phase.nii.gz", phase, aff),
              "mask": save_nifti(d / "mask.nii.gz", mask.astype(np.float32), aff)}
-    files["chisepnet"] = W.save_weights(_net(3, 2, 1), d / "cs.safetensors", "chisepnet-r2prime", NORM,
+    files["chisepnet"] = W.save_weights(untrained_net(3, 2, width=2, seed=1), d / "cs.safetensors", "chisepnet-r2prime", NORM,
                                         {"provenance": "untrained, test"}, dtype=torch.float32)
-    files["r2prime_net"] = W.save_weights(_net(1, 1, 3), d / "r2p.safetensors", "r2prime-from-r2star", NORM,
+    files["r2prime_net"] = W.save_weights(untrained_net(1, 1, width=2, seed=3), d / "r2p.safetensors", "r2prime-from-r2star", NORM,
                                           {"provenance": "untrained, test"}, dtype=torch.float32)
-    files["qsm_net"] = W.save_weights(_net(1, 1, 2), d / "qsm.safetensors", "qsm", NORM,
+    files["qsm_net"] = W.save_weights(untrained_net(1, 1, width=2, seed=2), d / "qsm.safetensors", "qsm", NORM,
                                       {"provenance": "untrained, test"}, dtype=torch.float32)
     return d, files
 

@@ -17,7 +17,7 @@ from chisep.cli import main  # noqa: E402
 from chisep.io import file_sha256, load_nifti, save_nifti  # noqa: E402
 from chisep.network import inference as I  # noqa: E402
 from chisep.network import weights as W  # noqa: E402
-from chisep.network.unet import ChiSepUNet  # noqa: E402
+from common import ellipsoid_grid, untrained_net  # noqa: E402
 from chisep.qsm import qsm_closed_form  # noqa: E402
 
 torch.set_num_threads(2)
@@ -27,23 +27,10 @@ SHAPE = (32, 36, 28)
 NORM = dict(W.PUBLISHED_NORMALISATION, chi_para=(0.02, 0.03), chi_dia=(0.02, 0.03), qsm=(0.0, 0.03))
 
 
-def _net(cin, cout, seed):
-    torch.manual_seed(seed)
-    m = ChiSepUNet(cin, cout, 2)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm3d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-    return m.eval()
-
-
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     d = tmp_path_factory.mktemp("qsmch")
-    g = np.meshgrid(*[np.arange(n, dtype=float) for n in SHAPE], indexing="ij")
-    c = [(n - 1) / 2 for n in SHAPE]
-    mask = sum(((a - cc) / (0.42 * n)) ** 2 for a, cc, n in zip(g, c, SHAPE)) < 1
+    g, c, mask = ellipsoid_grid(SHAPE)
     rng = np.random.default_rng(0)
     field = ((0.01 * np.sin(g[0] / 5) * np.cos(g[1] / 7) + 0.002 * rng.standard_normal(SHAPE)) * mask)
     r2p = (6 + 3 * np.cos(g[2] / 6)) * mask
@@ -52,9 +39,9 @@ def case(tmp_path_factory):
     files = {}
     for name, arr in (("field", field), ("r2prime", r2p), ("mask", mask), ("user_qsm", user_qsm)):
         files[name] = save_nifti(d / f"{name}.nii.gz", arr.astype(np.float32), aff)
-    files["chisepnet"] = W.save_weights(_net(3, 2, 1), d / "cs.safetensors", "chisepnet-r2prime", NORM,
+    files["chisepnet"] = W.save_weights(untrained_net(3, 2, width=2, seed=1), d / "cs.safetensors", "chisepnet-r2prime", NORM,
                                         {"provenance": "untrained, test"}, dtype=torch.float32)
-    files["qsm_net"] = W.save_weights(_net(1, 1, 2), d / "qsm.safetensors", "qsm", NORM,
+    files["qsm_net"] = W.save_weights(untrained_net(1, 1, width=2, seed=2), d / "qsm.safetensors", "qsm", NORM,
                                       {"provenance": "untrained, test"}, dtype=torch.float32)
     return d, files
 
