@@ -167,17 +167,22 @@ def extract_pnw(source, ref, dest):
     return dest
 
 
+def _run_probe(script, *args, timeout):
+    """Run a probe script of this folder with the module folder on the path; its last stdout line
+    is the JSON result."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(MODULE_DIR), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).parent / script), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(not SOURCE, reason="set SLICER_SOURCE_DIR to a Slicer git clone to run Slicer's "
                                        "own parameterNodeWrapper code")
 @pytest.mark.parametrize("ref", REFS)
 def test_slicer_real_parameter_node_wrapper_binds_the_panel(ref, tmp_path, hints):
     pnw = extract_pnw(SOURCE, ref, tmp_path / "parameterNodeWrapper")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(MODULE_DIR), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).parent / "slicer_pnw_probe.py"),
-                           str(pnw), str(UI), str(MODULE_DIR)], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = _run_probe("slicer_pnw_probe.py", pnw, UI, MODULE_DIR, timeout=300)
     print(ref, json.dumps(r, indent=1))
     bindings = sc.ui_bindings(UI)
     assert set(r["bound"]) == set(bindings)                     # connectGui bound every widget
@@ -230,12 +235,7 @@ def test_module_self_test_on_slicer_real_scripted_module_code(ref, tmp_path):
         capture_output=True, text=True, check=True).stdout)
     work = tmp_path / "slicer-temporary"
     work.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(MODULE_DIR), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).parent / "slicer_module_probe.py"),
-                           str(folder), str(MODULE_DIR), str(work)], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = _run_probe("slicer_module_probe.py", folder, MODULE_DIR, work, timeout=600)
     print(ref, r)
     assert r["self_test"] == "passed" and r["shown"][-1] == "Test passed"
     assert r["parameter_node_class"] == "ChiSeparationParameterNode" and r["module_name"] == "ChiSeparation"
