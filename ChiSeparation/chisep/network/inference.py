@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import platform
+import shutil
 import tempfile
 import time
 from contextlib import nullcontext
@@ -174,14 +175,16 @@ class _Runner:
         """fp32 on a CPU without native bf16: time torch (folded BatchNorm, channels_last, fused
         conv+ReLU) against onnxruntime (the same folded network exported to ONNX) on a probe volume
         and keep the faster; the times are recorded (``probe_s``)."""
+        tmp = tempfile.mkdtemp(prefix="chisep-onnx-")
         try:
             from .weights import OnnxNet, export_onnx
-            tmp = tempfile.mkdtemp(prefix="chisep-onnx-")
             path = os.path.join(tmp, "net.onnx")
             export_onnx(self.model, path, dynamic=True)
             ort_net = OnnxNet(path, threads=torch.get_num_threads())
         except Exception:  # onnxruntime missing or the export failed: torch it is
             return
+        finally:  # the session holds the model in memory: the exported file is not needed again
+            shutil.rmtree(tmp, ignore_errors=True)
         g = np.random.default_rng(0)
         x = g.standard_normal((1, self.model.in_channels, side, side, side)).astype(np.float32)
         times = {}
